@@ -1,0 +1,766 @@
+"""
+Tests of verify.py: each normalisation and comparison rule with equal AND unequal cases (answer styles taken from the
+data files), answer extraction, the data-wide checks (every gold answer against itself, MATH500 solutions against
+their answers and against shuffled answers), pathological input under the time limit, batch grading and its worker
+processes, reward() with the templates' format rules, and the command line.
+
+    .venv/bin/python -m pytest -q tests/test_verify.py
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from conftest import REPO, shared_path
+
+import verify
+from verify import extract_answer, grade, grade_batch, is_equivalent, reward, reward_batch
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Equivalence rules: (prediction, gold)
+
+EQUAL = [
+    # fractions, decimals, \dfrac / \tfrac / \frac12 shorthand, mixed numbers, repeating decimals
+    ("\\frac{1}{2}", "0.5"),
+    ("\\dfrac{3}{4}", "\\frac34"),
+    ("\\tfrac{3}{4}", "3/4"),
+    ("-\\tfrac32", "-1.5"),
+    ("\\frac 9{20}", "0.45"),
+    ("\\frac{-2}{3}", "-\\frac{2}{3}"),
+    ("3\\frac{1}{2}", "\\frac{7}{2}"),
+    ("0.\\overline{3}", "\\frac{1}{3}"),
+    ("0.0000672", ".0000672"),
+    ("142.0", "142"),
+    ("025", "25"),
+    ("5.", "5"),
+    # delimiters, \left/\right, spacing commands, \boxed wrapper
+    ("$\\frac{7}{15}$", "\\frac{7}{15}"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ("\\left[0,\\frac{343}{27}\\right]", "[0, 343/27]"),
+    ("2\\,\\sqrt{3}", "2\\sqrt3"),
+    ("x\\!+\\!1", "x + 1"),
+    ("3 \\quad", "3"),
+    ("\\boxed{5}", "5"),
+    ("\\displaystyle\\frac{1}{4}", "0.25"),
+    # text wrappers, units, dollars, degrees, percent
+    ("\\text{5}", "5"),
+    ("5\\text{ cm}", "5"),
+    ("12 \\mbox{ inches}", "12"),
+    ("6\\text{ cm}^2", "6"),
+    ("180\\text{ miles}", "180"),
+    ("\\frac{270}7\\text{ degrees}", "\\frac{270}{7}"),
+    ("\\$18.90", "18.9"),
+    ("1.5 dollars", "\\$1.50"),
+    ("90^\\circ", "90"),
+    ("90", "90^{\\circ}"),
+    ("45 degrees", "45^\\circ"),
+    ("30°", "30"),
+    ("20\\%", "20"),
+    ("20\\%", "0.2"),
+    ("0.2", "20\\%"),
+    ("62.5\\%", "\\frac{5}{8}"),
+    ("5 apples", "5"),
+    ("9.6 \\mathrm{~s}", "9.6"),
+    ("7.5 \\times 10^7 \\text{ m/s}", "7.5e7"),
+    ("6.43 \\times 10^{16} \\text{ cm}^{-3}", "6.43e16"),
+    # thousands separators (a list "1,2" stays a list)
+    ("10,\\!080", "10080"),
+    ("32,\\!000,\\!000", "32000000"),
+    ("1,000,000", "1000000"),
+    ("1{,}000", "1000"),
+    ("1,2", "1, 2"),
+    ("2, 1", "1,2"),
+    # equations and "x =" prefixes
+    ("x = 5", "5"),
+    ("5", "x=5"),
+    ("k = 1", "1"),
+    ("x=-10", "-10"),
+    ("y = 2x + 3", "2x+3"),
+    ("2x+3", "y=2x+3"),
+    ("f(x) = x^2", "x^2"),
+    ("\\frac{9}{32}\\sqrt{2}", "M=\\frac{9}{32} \\sqrt{2}"),
+    ("y=-\\frac{1}{2}x+3", "y = 3 - \\frac{x}{2}"),
+    ("5x - 7y + 11z + 4 = 0", "-5x+7y-11z-4=0"),
+    ("x = 5", "2x = 10"),
+    ("x=1 \\text{ or } x=-2", "1,-2"),
+    ("f(n)=n, g(n)=1", "$f(n)=n$, $g(n)=1$"),
+    # inequalities and intervals
+    ("x > 3", "3 < x"),
+    ("x \\ge 3", "[3, \\infty)"),
+    ("x > 3", "(3,\\infty)"),
+    ("2 \\le x < 5", "[2,5)"),
+    ("x<-2 \\text{ or } x>3", "(-\\infty,-2)\\cup(3,\\infty)"),
+    ("x \\in [2, 5]", "[2,5]"),
+    ("(-\\infty, 2) \\cup (3, \\infty)", "(3,\\infty)\\cup(-\\infty,2)"),
+    ("x \\in (-\\infty, -8) \\cup (8, \\infty)", "(-\\infty,-8)\\cup (8,\\infty)"),
+    ("\\mathbb{R}", "(-\\infty, \\infty)"),
+    ("(3,4]", "\\left(3, 4\\right]"),
+    # tuples (ordered), sets and lists (unordered), \pm
+    ("(1, 2)", "(1,2)"),
+    ("\\left(2, -\\frac{13}{7}, -\\frac{4}{7}\\right)", "(2,-13/7,-4/7)"),
+    ("\\{1, 2, 3\\}", "3, 2, 1"),
+    ("3, 5, 7", "7,5,3"),
+    ("-\\frac{2 \\pi}{3}, 0, \\frac{2 \\pi}{3}", "0, \\frac{2\\pi}{3}, -\\frac{2\\pi}{3}"),
+    ("(1,8,19), (2,7,13), (4,5,7)", "(4,5,7),(1,8,19),(2,7,13)"),
+    ("2, -1", "(2,-1)"),
+    ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}, 1-\\sqrt{19}"),
+    ("\\emptyset", "\\{\\}"),
+    ("-12 \\text{ or } -30", "-30, -12"),
+    ("2, 3, \\text{ and } 4", "4, 3, 2"),
+    # matrices and vectors
+    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"),
+    (
+        "\\begin{pmatrix} -1/3 \\\\ 2/3 \\\\ 5/3 \\end{pmatrix}",
+        "\\begin{pmatrix} -\\frac13 \\\\ \\frac{2}{3} \\\\ \\frac53 \\end{pmatrix}",
+    ),
+    ("(-10, -35, 30)", "\\begin{pmatrix} -10 \\\\ -35 \\\\ 30 \\end{pmatrix}"),
+    # roots, pi, logs, factorials, binomials
+    ("2\\sqrt{2}", "\\sqrt{8}"),
+    ("\\sqrt[3]{27}", "3"),
+    ("\\sqrt[3]{-8}", "-2"),
+    ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"),
+    ("1/\\sqrt{3}", "\\frac{\\sqrt 3}{3}"),
+    ("\\sqrt{2}\\cdot\\sqrt{3}", "\\sqrt6"),
+    ("\\sqrt{2}+\\sqrt{3}", "\\sqrt{5+2\\sqrt{6}}"),
+    ("\\frac{\\sqrt{20201}-1}{4}", "\\frac{-1+\\sqrt{20201}}{4}"),
+    ("sqrt(2)/2", "\\frac{\\sqrt{2}}{2}"),
+    ("\\pi/6", "\\frac{\\pi}{6}"),
+    ("2\\pi", "2 \\pi"),
+    ("\\pi r^2", "r^2\\pi"),
+    ("\\log_2 8", "3"),
+    ("\\ln e^2", "2"),
+    ("\\binom{5}{2}", "10"),
+    ("5!", "120"),
+    ("\\frac{100!}{2^{50}}", "\\frac{100!}{2^{50}}"),
+    ("2^{2008}-2", "-2+2^{2008}"),
+    ("\\tan^{-1} 1", "\\frac{\\pi}{4}"),
+    ("\\max(3, 5)", "5"),
+    ("\\gcd(12, 18)", "6"),
+    ("x²+1", "x^2+1"),
+    ("2√3", "\\sqrt{12}"),
+    ("(-inf, 3)", "(-\\infty, 3)"),
+    ("\\arcsin{\\frac{1}{1.3}}", "\\arcsin{\\frac{10}{13}}"),
+    # complex numbers (i is the imaginary unit)
+    ("6 - 5i", "-5i+6"),
+    ("\\frac{1+i}{2}", "0.5+0.5i"),
+    ("\\sqrt{-4}", "2i"),
+    ("e^{i\\pi}", "-1"),
+    # scientific notation
+    ("6 \\times 10^{23}", "6e23"),
+    ("6.02\\times10^{23}", "6.02 \\cdot 10^{23}"),
+    ("1e-3", "10^{-3}"),
+    ("3.5 \\times 10^{-2}", "0.035"),
+    ("8.7 \\times 10^{8}", "870000000"),
+    # expressions with variables
+    ("x^2 - 1", "(x-1)(x+1)"),
+    ("(a+5)(b+2)", "(b+2)(a+5)"),
+    ("\\frac{x}{2}", "0.5x"),
+    ("2k+2", "2(k+1)"),
+    ("p - q", "-q + p"),
+    ("\\cot x", "\\frac{\\cos x}{\\sin x}"),
+    ("\\sin^2 x + \\cos^2 x", "1"),
+    ("x^{1/2}", "\\sqrt{x}"),
+    ("\\alpha + \\beta", "\\beta+\\alpha"),
+    ("a_1 + a_2", "a_{2}+a_{1}"),
+    ("\\frac{1}{2 n+2}", "\\frac{1}{2(n+1)}"),
+    ("\\sqrt{x^2}", "|x|"),
+    ("(x-1)^2+(y-2)^2=4", "x^2-2x+y^2-4y+1=0"),
+    ("\\frac{n(n+1)}{2}", "\\binom{n+1}{2}"),
+    ("\\cos^2 x - \\sin^2 x", "\\cos 2x"),
+    ("m n-\\lfloor m / 2\\rfloor", "mn - \\left\\lfloor \\frac{m}{2} \\right\\rfloor"),
+    ("\\binom{2n}{n}", "\\frac{(2n)!}{(n!)^2}"),
+    ("I(0)e^{-t/RC}", "I(0) e^{-\\frac{t}{R C}}"),  # juxtaposition binds tighter than "/"; I(0) is a value of I
+    ("1/2\\pi", "\\frac{1}{2\\pi}"),
+    ("x - x", "0"),
+    # bases, ratios, multiple choice, words, clock times
+    ("52_8", "52_{8}"),
+    ("52", "52_8"),
+    ("42_8", "34"),
+    ("(x, y) = (1, 2)", "(1, 2)"),
+    ("0.0011_{2}", "0.0011_2"),
+    ("1:4", "2:8"),
+    ("\\text{(B)}", "B"),
+    ("(B)", "\\textbf{(B)}"),
+    ("\\textbf{(C)} 12", "C"),
+    ("B", "\\text{(B) } 4"),
+    ("4", "\\textbf{(B) }4"),
+    ("C, A", "\\text{A,C}"),
+    ("\\text{Evelyn}", "Evelyn"),
+    ("\\text{east}", "East"),
+    ("\\text{4:30 p.m.}", "4:30 PM"),
+    # decimals within the 1e-6 relative tolerance (policy: only when neither side is an integer)
+    ("0.3333333", "\\frac13"),
+    ("3.14159265", "\\pi"),
+    ("1.4142136", "\\sqrt{2}"),
+]
+
+NOT_EQUAL = [
+    # rounded decimals are not exact values (tolerance 1e-6 relative, and integers are exact)
+    ("3.14", "\\pi"),
+    ("3.1416", "\\pi"),
+    ("0.33", "\\frac13"),
+    ("0.333", "1/3"),
+    ("1.41", "\\sqrt2"),
+    ("3986730", "3986729"),
+    ("8178.0001", "8178"),
+    ("0.0001", "0"),
+    ("1 + e^{-100}", "1"),
+    # plain wrong numbers and expressions
+    ("2", "-2"),
+    ("\\frac{1}{2}", "\\frac{1}{3}"),
+    ("2^{10}", "1000"),
+    ("1e3", "100"),
+    ("6\\times10^{23}", "6\\times10^{22}"),
+    ("4.5e33", "4.5e32"),
+    ("x^2", "x^3"),
+    ("x + 1", "x - 1"),
+    ("5", "5x"),
+    ("x^2+2x+1", "(x+1)^3"),
+    ("\\frac{x}{2}", "\\frac{2}{x}"),
+    ("\\sin x", "\\cos x"),
+    ("p+q", "p-q"),
+    ("\\sin(x)^{100}", "\\sin(x)^{100}+\\cos(x)^{200}"),
+    ("\\lceil n/2 \\rceil - 1", "\\lfloor n/2 \\rfloor"),
+    ("x", "|x|"),
+    ("I(0)e^{t/RC}", "I(0) e^{-\\frac{t}{R C}}"),
+    ("1/2x", "\\frac{x}{2}"),
+    ("0 \\cdot x + y(0)", "0 \\cdot y"),
+    ("(-1)^n", "\\cos(n\\pi)"),
+    ("2^{n+1}", "2^n"),
+    ("\\frac{10^{100}+1}{10^{100}}", "1"),
+    ("1267650600228229401496703205377", "2^{100}"),
+    ("2\\mathrm{i}", "2"),
+    ("2\\frac{1}{2}", "1"),
+    ("3 n", "3"),
+    ("2+3i", "2-3i"),
+    ("-i", "i"),
+    ("\\infty", "-\\infty"),
+    ("\\frac{1}{0}", "\\infty"),
+    # thousands vs lists
+    ("1,000", "1"),
+    ("1,2", "12"),
+    ("12", "1, 2"),
+    # tuples are ordered, intervals keep their brackets, sets need the same elements
+    ("(1, 2)", "(2, 1)"),
+    ("(0, 1]", "(0, 1)"),
+    ("[0, 1)", "(0, 1)"),
+    ("(-\\infty,2)", "(-\\infty,2]"),
+    ("x \\in [2,5]", "[2,5)"),
+    ("1, 2", "1, 2, 3"),
+    ("2", "2, 3"),
+    ("\\{1,2\\}", "(1,2)"),
+    ("(1,2)", "1"),
+    ("1 + \\sqrt{19}", "1 \\pm \\sqrt{19}"),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{pmatrix}1&3\\\\2&4\\end{pmatrix}"),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "(1,2,3,4)"),
+    # equations and inequalities
+    ("x = 5", "y = 5"),
+    ("y = 2x+3", "y = 2x-3"),
+    ("y=2x+3", "x=2y+3"),
+    ("x^2 = 1", "x = 1"),
+    ("x > 3", "x \\ge 3"),
+    ("x > 3", "[3, \\infty)"),
+    ("x=1, y=2", "(2,1)"),
+    # degrees are not converted to radians; numerals keep their base
+    ("\\frac{\\pi}{2}", "90^\\circ"),
+    ("34", "42_8"),
+    ("52_8", "52"),
+    ("[1, 2]", "1, 2"),
+    ("(x, y) = (2, 1)", "(1, 2)"),
+    ("42_8", "42_9"),
+    ("1:4", "1:3"),
+    # multiple choice and words
+    ("(A)", "B"),
+    ("A", "\\text{(C)}"),
+    ("\\textbf{(C)} 12", "B"),
+    ("5", "\\text{(B) } 4"),
+    ("(C)", "\\text{(B) } 4"),
+    ("12", "C"),
+    ("\\text{Evelyn}", "Eve"),
+    ("\\text{odd}", "\\text{even}"),
+    ("\\text{nylevE}", "\\text{Evelyn}"),
+    ("4:30", "\\text{4:30 p.m.}"),
+    # empty and malformed
+    ("", "5"),
+    ("5", ""),
+    ("\\frac{1}{", "\\frac{1}{2}"),
+    ("}}}{{{\\left(\\right", "1"),
+]
+
+
+@pytest.mark.parametrize("pred,gold", EQUAL)
+def test_equal(pred, gold):
+    ok, why = verify.explain(pred, gold)
+    assert ok, f"{pred!r} vs {gold!r} should be equal: {why}"
+
+
+@pytest.mark.parametrize("pred,gold", NOT_EQUAL)
+def test_not_equal(pred, gold):
+    ok, why = verify.explain(pred, gold)
+    assert not ok, f"{pred!r} vs {gold!r} should NOT be equal, but: {why}"
+
+
+def test_equal_is_symmetric_on_the_rule_cases():
+    """The rules do not depend on which side is the gold, except where the gold's form is the specification
+    (the gold's base subscript, a multiple-choice letter gold, a percent gold, an "x =" or a clock time gold)."""
+    asymmetric = {
+        ("52", "52_8"),
+        ("42_8", "34"),
+        ("\\textbf{(C)} 12", "C"),
+        ("B", "\\text{(B) } 4"),
+        ("4", "\\textbf{(B) }4"),
+    }
+    for pred, gold in EQUAL:
+        if (pred, gold) not in asymmetric:
+            assert is_equivalent(gold, pred), (gold, pred)
+
+
+def test_no_global_state_is_touched_and_threads_agree():
+    """verify.py keeps its own mpmath contexts (the caller's mpmath.mp precision neither matters nor changes), and
+    grading from several threads at once gives the sequential verdicts."""
+    import mpmath
+
+    old = mpmath.mp.dps
+    try:
+        mpmath.mp.dps = 5
+        assert is_equivalent("3.14159", "\\pi") is True and is_equivalent("3.1416", "\\pi") is False
+        assert mpmath.mp.dps == 5
+    finally:
+        mpmath.mp.dps = old
+    cases = EQUAL[::7] + NOT_EQUAL[::7]
+    expected = [is_equivalent(p, g) for p, g in cases]
+    results = [None] * 4
+    threads = [
+        threading.Thread(target=lambda k=k: results.__setitem__(k, [is_equivalent(p, g) for p, g in cases]))
+        for k in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [expected] * 4
+
+
+def test_bad_types_never_raise():
+    assert is_equivalent(None, "5") is False
+    assert is_equivalent("5", None) is False
+    assert grade(None, "5") is False
+    assert grade("\\boxed{142}", 142.0) is True  # AMC stores answers as floats
+    assert grade("\\boxed{3}", ["2", "3"]) is True
+    assert grade("\\boxed{3}", []) is False
+    assert grade(12345, "5") is False
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Extraction
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("So the answer is $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"),
+        ("\\boxed{a} first, then \\boxed{b}", "b"),
+        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+        ("\\boxed{\\text{(C)}}", "\\text{(C)}"),
+        ("\\fbox{7}", "7"),
+        ("we get $\\boxed 5$", "5"),
+        ("<answer>\\boxed{3}</answer> later text \\boxed{4}", "3"),
+        ("<think>x</think>\n<answer>\n42\n</answer>", "42"),
+        ("<answer>The answer is 7.</answer>", "7"),
+        ("The final answer is: $\\frac{3}{4}$. I hope it is correct.", "\\frac{3}{4}"),
+        ("Final Answer: 12", "12"),
+        ("so 3 + 4 = 7\n**Answer:** 7", "7"),
+        ("<answer>So the total is 42</answer>", "42"),
+        ("Therefore, the answer is 3.5.", "3.5"),
+        ("So the answer is x = -3.\nDone", "x = -3"),
+        ("We get 3 apples and then 4 pears", "4"),
+        ("Thus x = -3.", "-3"),
+        ("a total of 1,000 apples", "1,000"),
+        ("a ratio of 3/4", "3/4"),
+        ("no numbers at all", None),
+        ("", None),
+        ("\\boxed{}", ""),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extract_modes():
+    text = "We find 3 apples. The answer is 5."
+    assert extract_answer(text, strict=True) == "5"
+    assert extract_answer(text, boxed_only=True) is None
+    assert extract_answer("I count 3 apples", strict=True) is None
+    assert extract_answer("I count 3 apples") == "3"
+    assert extract_answer("so \\boxed{12", boxed_only=True) is None  # an unclosed last box is no answer
+    assert extract_answer("so \\boxed{12", strict=True) is None
+    assert extract_answer("\\boxed{1} <answer>\\boxed{2}</answer> \\boxed{3}", boxed_only=True) == "2"
+    # eval's protocol: the boxed answer or nothing
+    assert grade("The answer is 5", "5", boxed_only=True) is False
+    assert grade("The answer is 5", "5") is True
+
+
+def test_extract_huge_response_is_linear():
+    """A 200k-character response with many boxes and numbers extracts the last box (no quadratic regex)."""
+    text = ("\\boxed{1} 23 " * 20000) + "\\boxed{\\frac{22}{7}}"
+    assert extract_answer(text) == "\\frac{22}{7}"
+    assert grade(text, "22/7") is True
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data-wide checks (../shared/data)
+
+
+def _all_gold_answers() -> list[str]:
+    answers = []
+    for path in sorted(shared_path("data").glob("*/*.jsonl")):
+        for line in path.open():
+            row = json.loads(line)
+            answers.extend(a for a in (row.get("answers") or [row["answer"]]) if a.strip())
+    return answers
+
+
+def test_every_gold_answer_grades_correct_against_itself_boxed():
+    """~10,000 gold answers (train + 5 eval sets, every entry of `answers`), graded across 2 worker processes."""
+    answers = _all_gold_answers()
+    assert len(answers) > 10000
+    verdicts = grade_batch([f"Thus $\\boxed{{{a}}}$." for a in answers], answers, boxed_only=True, workers=2)
+    failed = [a for a, ok in zip(answers, verdicts) if not ok]
+    assert not failed, f"{len(failed)} gold answers not equal to themselves: {failed[:10]}"
+
+
+def test_every_gold_answer_is_understood():
+    """Every gold answer parses, or is a word / multiple-choice answer: none falls back to string comparison only."""
+    not_parsed = []
+    for a in _all_gold_answers():
+        norm, _, tree, err = verify._prepare(a)
+        if tree is None and verify._mc_letters(norm, False) is None and not verify._has_words(norm):
+            not_parsed.append((a, err))
+    assert not not_parsed, not_parsed[:10]
+
+
+def _math500() -> list[dict]:
+    return [json.loads(line) for line in shared_path("data", "eval", "math500.jsonl").open()]
+
+
+def test_math500_solutions_grade_correct():
+    rows = _math500()
+    wrong = [r["id"] for r in rows if not grade(r["solution"], r["answer"], boxed_only=True)]
+    assert len(rows) == 500 and not wrong, wrong
+
+
+def test_math500_solutions_against_shuffled_answers_grade_wrong():
+    """A derangement of the answers: only pairs whose two gold answers are the same string may grade correct."""
+    rows = _math500()
+    perm = list(range(500))
+    random.Random(0).shuffle(perm)
+    perm = [j if j != i else (i + 1) % 500 for i, j in enumerate(perm)]
+    false_pos, genuine = [], 0
+    for r, j in zip(rows, perm):
+        same = r["answer"].strip() == rows[j]["answer"].strip()
+        genuine += same
+        if grade(r["solution"], rows[j]["answer"]) and not same:
+            false_pos.append((r["answer"], rows[j]["answer"]))
+    assert not false_pos, false_pos
+    assert genuine == 8  # e.g. two problems whose answer is 3
+
+
+_REL_TEXT = {"=": "=", "<": "<", "<=": "\\le", "!=": "\\ne", "in": "\\in", ">": ">", ">=": "\\ge"}
+
+
+def _render(t: tuple) -> str:
+    """Another notation for a parsed answer: plain text with explicit operators and brackets ("\\frac{7}{2}" ->
+    "(7)/(2)", "2\\sqrt{3}" -> "(2)*(sqrt(3))"), so re-parsing it must give an equal answer (a parser round trip)."""
+    k, r = t[0], _render
+    if k == "num":
+        return f"({t[1].numerator}/{t[1].denominator})" if t[1].denominator != 1 else str(t[1].numerator)
+    if k == "sym":
+        name, _, sub = t[1].partition("_")
+        if not (len(name) == 1 or name[1:].isalpha() and name[0] == "\\"):
+            raise ValueError(f"symbol {t[1]}")
+        return f"{name}_{{{sub}}}" if sub else name + " "
+    if k == "const":
+        return {"pi": "\\pi ", "e": "e", "i": "i", "inf": "\\infty "}[t[1]]
+    if k == "neg":
+        return f"-({r(t[1])})"
+    if k == "add":
+        return "".join((" \\pm " if c[0] == "pm" else " + ") + f"({r(c[1] if c[0] == 'pm' else c)})" for c in t[1])
+    if k == "mul":
+        return "*".join(f"({r(c)})" for c in t[1])
+    if k == "frac":
+        return f"({r(t[1])})/({r(t[2])})"
+    if k == "pow":
+        return f"({r(t[1])})^({r(t[2])})"
+    if k == "root":
+        return f"sqrt({r(t[1])})" if t[2] == ("num", 2, False) else f"({r(t[1])})^(1/({r(t[2])}))"
+    if k == "fn" and t[1] not in ("max", "min", "gcd", "lcm", "det"):
+        return f"\\{t[1]}({r(t[2])})"
+    if k == "log":
+        return f"\\ln({r(t[1])})" if t[2] is None else f"(\\ln({r(t[1])}))/(\\ln({r(t[2])}))"
+    if k in ("floor", "ceil"):
+        return f"\\l{k}({r(t[1])})\\r{k}"
+    if k == "fact":
+        return f"({r(t[1])})!"
+    if k == "binom":
+        return f"\\binom{{{r(t[1])}}}{{{r(t[2])}}}"
+    if k == "list":
+        return ", ".join(r(c) for c in t[1])
+    if k == "set":
+        return "\\{" + ", ".join(r(c) for c in t[1]) + "\\}"
+    if k == "seq":
+        return t[1][0] + ", ".join(r(c) for c in t[2]) + t[1][1]
+    if k == "union":
+        return " \\cup ".join(r(c) for c in t[1])
+    if k == "matrix":
+        return "\\begin{bmatrix}" + " \\\\ ".join(" & ".join(r(c) for c in row) for row in t[1]) + "\\end{bmatrix}"
+    if k == "rel":
+        out = r(t[2][0])
+        for op, e in zip(t[1], t[2][1:]):
+            out += f" {_REL_TEXT[op]} {r(e)}"
+        return out
+    if k == "ratio":
+        return f"{r(t[1][0])} : {r(t[1][1])}"
+    raise ValueError(k)
+
+
+def test_gold_answers_survive_a_round_trip_through_another_notation():
+    """Every parsed gold answer of the data, re-written in plain text with explicit operators, is still equal to
+    itself: the parser, the evaluator and the structural rules agree across notations on real answer styles."""
+    seen, missed, checked = set(), [], 0
+    for a in _all_gold_answers():
+        norm, _, tree, _ = verify._prepare(a)
+        if tree is None or norm in seen or verify._has_words(norm):
+            continue
+        seen.add(norm)
+        try:
+            text = _render(tree)
+        except ValueError:
+            continue
+        checked += 1
+        ok, why = verify.explain(text, a)
+        if not ok:
+            missed.append((text, a, why))
+    assert checked > 3000
+    assert not missed, missed[:10]
+
+
+def _bump(t, delta: Fraction, done: list):
+    """The tree with its first number literal changed by delta (a surely different answer, in the same style)."""
+    if not isinstance(t, tuple) or not t:
+        return t
+    if not isinstance(t[0], str):
+        return tuple(_bump(f, delta, done) for f in t)
+    if t[0] == "num" and not done:
+        done.append(True)
+        return ("num", t[1] + delta, t[2])
+    return (t[0],) + tuple(_bump(f, delta, done) if isinstance(f, tuple) else f for f in t[1:])
+
+
+def test_gold_answers_with_a_changed_number_grade_wrong():
+    """Every parsed gold answer with its first number changed by 1 or by 1/7, in another notation, is graded wrong:
+    ~7,500 near misses in the data's own answer styles (numbers, tuples, intervals, equations, expressions)."""
+    seen, wrong, checked = set(), [], 0
+    for a in _all_gold_answers():
+        norm, _, tree, _ = verify._prepare(a)
+        if tree is None or norm in seen or verify._has_words(norm):
+            continue
+        seen.add(norm)
+        for delta in (Fraction(1), Fraction(1, 7)):
+            done = []
+            other = _bump(tree, delta, done)
+            try:
+                text = _render(other)
+            except ValueError:
+                continue
+            if done:
+                checked += 1
+                ok, why = verify.explain(text, a)
+                if ok:
+                    wrong.append((text, a, why))
+    assert checked > 5000
+    assert not wrong, wrong[:10]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Time limit and pathological input
+
+PATHOLOGICAL = [
+    ("10^{10^{10}}", "10^{10^{10}}+1"),
+    ("2^{2^{2^{100}}}", "2^{2^{2^{100}}}-1"),
+    ("(10^{6})!", "5"),
+    ("e^{10^{10}}", "e^{10^{10}}+1"),
+    ("\\lfloor 10^{1000} \\pi \\rfloor", "1"),
+    ("\\binom{10^{9}}{5 \\cdot 10^8}", "1"),
+    ("(10^{1000})^{10^{4}}", "1"),
+    ("x^{10^{100}}", "x^{10^{100}}+1"),
+    ("9" * 4000 + "^" + "9" * 4000, "1"),
+    ("1" * 100_000, "1" * 99_999 + "2"),
+    ("+".join(["x"] * 50_000), "2"),
+    ("{" * 10_000 + "1" + "}" * 10_000, "1"),
+    ("(" * 10_000 + "1" + ")" * 10_000, "1"),
+    ("\\sqrt{" * 500 + "2" + "}" * 500, "2"),
+    ("\\frac{1}{", "\\frac{1}{2}"),
+    ("\\begin{pmatrix} 1 & 2 \\\\ 3 \\end{pmatrix}", "1"),
+    ("\\left(\\right.\\right)", "1"),
+    ("\\\\\\\\\\\\", "\\\\"),
+    ("%$#@!^_&", "1"),
+]
+
+
+@pytest.mark.parametrize("pred,gold", PATHOLOGICAL)
+def test_pathological_input_returns_false(pred, gold):
+    assert is_equivalent(pred, gold) is False
+    assert grade("\\boxed{" + pred + "}", gold) is False
+
+
+def test_time_limit_interrupts_python_code_main_thread_and_other_threads():
+    """The limit stops pure-Python work (a stand-in for a slow sympy call) in the main thread (SIGALRM) and in any
+    other thread (injected exception), returns the default, and leaves no timer behind."""
+
+    def spin():
+        while True:
+            pass
+
+    assert verify._limited(spin, (), 0.2, "timed out") == "timed out"
+    assert verify._limited(lambda: 7, (), 0.2, None) == 7
+    out = []
+    worker = threading.Thread(target=lambda: out.append(verify._limited(spin, (), 0.2, "timed out")))
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and out == ["timed out"]
+    time.sleep(0.3)  # a stray alarm or injected exception would fire here and fail the test
+    import signal
+
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_time_limit_restores_callers_alarm_handler():
+    import signal
+
+    fired = []
+
+    def handler(signum, frame):
+        fired.append(signum)
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        assert is_equivalent("\\frac12", "0.5") is True
+        assert signal.getsignal(signal.SIGALRM) is handler
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        time.sleep(0.2)
+        assert fired == [signal.SIGALRM]
+    finally:
+        signal.signal(signal.SIGALRM, old)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Batch grading and worker processes
+
+
+def _children() -> set[int]:
+    """Process ids whose parent is this process (from /proc, so no helper process shows up itself)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():  # zombies count too: every worker must be reaped
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+class _Sleeper:
+    """Unpickles as time.sleep(30) in a worker: a stand-in for C-level work no signal can interrupt."""
+
+    def __reduce__(self):
+        return (time.sleep, (30,))
+
+
+def test_grade_batch_order_matches_grade_and_workers_are_reaped():
+    rows = _math500()[:40]
+    responses = [r["solution"] for r in rows] * 2
+    golds = [r["answer"] for r in rows] + [rows[(i + 1) % 40]["answer"] for i in range(40)]
+    expected = [grade(r, g) for r, g in zip(responses, golds)]
+    assert sum(expected[:40]) == 40
+    before = _children()
+    assert grade_batch(responses, golds, workers=2) == expected
+    assert grade_batch(responses, golds, workers=1) == expected
+    assert grade_batch(responses, golds, workers=0) == expected
+    assert _children() - before == set()
+
+
+def test_grade_batch_kills_a_stuck_worker_and_keeps_order():
+    before = _children()
+    responses = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{4}", "\\boxed{5}"]
+    golds = ["1", _Sleeper(), "3", "5", lambda: 5]  # a stuck worker, and a gold that cannot be pickled
+    assert grade_batch(responses, golds, timeout=0.5, workers=2) == [True, False, True, False, False]
+    assert _children() - before == set()
+
+
+def test_grade_batch_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="2 responses but 1 gold"):
+        grade_batch(["a", "b"], ["1"])
+    with pytest.raises(ValueError, match="template names"):
+        reward_batch(["a"], ["1"], [])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# reward()
+
+
+def test_reward_constant_format_template():
+    assert reward("so \\boxed{2}", "2", "qwen-math") == {"accuracy": 1.0, "format": 1.0, "reward": 2.0}
+    assert reward("so \\boxed{3}", "2", "qwen-math") == {"accuracy": 0.0, "format": 1.0, "reward": 1.0}
+    assert reward("so \\boxed{2}", "2", "qwen-math", use_format=False) == {
+        "accuracy": 1.0,
+        "format": 0.0,
+        "reward": 1.0,
+    }
+
+
+def test_reward_substring_format_template():
+    templates = pytest.importorskip("templates")
+    good = "<think>\nwork\n</think>\n<answer>\n\\boxed{2}\n</answer>"
+    assert reward(good, "2", "open-r1") == {"accuracy": 1.0, "format": 1.0, "reward": 2.0}
+    half = "<think>\nwork\n</think>\n\\boxed{2}"  # two of the four tags
+    r = reward(half, "2", "open-r1")
+    assert r["accuracy"] == 1.0 and r["format"] == templates.format_score("open-r1", half) == 0.5 and r["reward"] == 1.5
+    # the answer is cut at the first </answer>: a box after it does not count
+    r = reward("<think>\nw\n</think>\n<answer>\n\\boxed{3}\n</answer> \\boxed{2}", "2", "open-r1")
+    assert r["accuracy"] == 0.0 and r["format"] == 1.0
+
+
+def test_reward_batch_matches_reward():
+    responses = ["\\boxed{2}", "<think>\nw\n</think>\n<answer>\n\\boxed{5}\n</answer>", "no box", "\\boxed{1/2}"]
+    golds = ["2", "5", "7", ["0.5", "2"]]
+    names = ["qwen-math", "open-r1", "open-r1", "deepseek-r1"]
+    expected = [reward(r, g, t) for r, g, t in zip(responses, golds, names)]
+    assert reward_batch(responses, golds, names, workers=2) == expected
+    assert [d["accuracy"] for d in expected] == [1.0, 1.0, 0.0, 1.0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "verify.py"), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_verdict_and_reason():
+    out = _cli("\\frac{1}{2}", "0.5")
+    assert out.returncode == 0 and out.stdout.startswith("True") and "1/2" in out.stdout
+    out = _cli("(1,2)", "(2,1)")
+    assert out.returncode == 1 and out.stdout.startswith("False") and "tuple" in out.stdout
+    out = _cli("--response", "so the answer is $\\boxed{x=5}$.", "5")
+    assert out.returncode == 0 and "extracted: 'x=5'" in out.stdout
+    out = _cli("--response", "--boxed-only", "the answer is 5", "5")
+    assert out.returncode == 1 and "no answer" in out.stdout

@@ -1,0 +1,1730 @@
+"""
+Answer verification for math RL: pull the final answer out of a model response and decide whether it equals the gold
+answer. Every rollout's reward goes through this file, so it is built to be right first and fast second.
+
+    python verify.py PRED GOLD                       # verdict and the rule that decided it
+    python verify.py --response "...\\boxed{1/2}" 0.5  # extract the answer from a full response first
+
+Public API (used by train.py, eval.py and the tests):
+    extract_answer(text, strict=False, boxed_only=False) -> str | None
+    is_equivalent(pred, gold, timeout=5.0) -> bool
+    grade(response, gold, strict=False, boxed_only=False, timeout=5.0) -> bool       (gold may be a list: any of them)
+    reward(response, gold, template_name, use_format=True, timeout=5.0) -> {"accuracy", "format", "reward"}
+    grade_batch(...) / reward_batch(...)                                             (the same, over worker processes)
+
+How is_equivalent decides, cheapest step first. A step may only say "equal" when it is sure; when unsure the answer is
+False, because a false positive is the error RL learns to exploit.
+ 1. Normalise both strings: $ and \\( \\) delimiters, \\left/\\right, \\dfrac/\\tfrac, spacing commands
+    (\\, \\! \\; \\quad ~), \\text{}/\\textbf{}/\\mbox{} wrappers, units (cm, inches, \\mbox{ cm}^2, \\mathrm{~m/s}),
+    ^\\circ/degrees, percent, thousands separators ("1,000" and "10,\\!080", but "1,2" stays a list), trailing
+    periods, "or"/"and" separators.
+ 2. Identical normalised strings are equal. Multiple-choice letters ("\\text{(C)}" vs "C") and word answers
+    ("\\text{Evelyn}") are compared as letters / lower-cased words and never reach the maths.
+ 3. Parse LaTeX (or plain text like "sqrt(2)/2") with the small recursive-descent parser below into a tree of tuples.
+    No sympy or antlr parsing: it is slow, and its silent mis-parses are a source of false positives.
+ 4. Compare trees: tuples/points ordered, sets and comma lists unordered, intervals with their bracket types, unions of
+    intervals unordered, matrices element-wise, "x=5" vs "5" (a variable on the left is dropped), equations up to a
+    constant factor, inequalities (flipped to one direction, or turned into intervals), "a \\pm b" as two values.
+ 5. Scalars: exact rational arithmetic (every literal, decimals included, is an exact fraction); else mpmath at 34
+    digits, an "equal" re-checked at 400 bits; expressions with variables are evaluated at random positive points
+    (plus integer points for floor/ceil/abs/factorials, negative points for abs/floor/ceil); sympy's
+    simplify(a - b) == 0 decides only when that evaluation is inconclusive.
+Reading conventions: juxtaposition binds tighter than "/" (t/RC = t/(RC), 1/2x = 1/(2x)); "2\\frac{1}{2}" is the mixed
+number 5/2; "I(0)" is a value of I, not I times 0; "\\log" is the natural logarithm; i is the imaginary unit.
+
+Tolerance policy: integers and exact expressions must be exactly equal (checked to 1e-25 relative at 34 digits and
+again at 400 bits, i.e. as an identity). Only when a side is written as a decimal (0.3333333, 3.14159, 4.5e33) and
+neither side is an exact integer may they differ, by at most 1e-6 relative and, for a bare decimal, by at most half a
+unit in its last written digit: 0.3333333 == 1/3 and 1.4142136 == sqrt(2), but 3.14 != pi, 0.333 != 1/3,
+306956.77 != 306956.63, 3986730 != 3986729 and 8178.0001 != 8178.
+
+Time limit: each public call runs under a hard limit (SIGALRM in the main thread, an asynchronous exception injected by
+a timer thread elsewhere); on expiry it returns False. Exponents, factorials and number sizes are bounded before any
+big-integer work starts, because C-level big-integer arithmetic cannot be interrupted by either mechanism. The batch
+functions run items in worker processes that are killed when an item overruns its limit, and always reaped.
+"""
+
+import argparse
+import ctypes
+import functools
+import math
+import os
+import pickle
+import random
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+
+import mpmath
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Limits and tolerances (one source of truth)
+
+DEFAULT_TIMEOUT = 5.0  # seconds per call (the paper's reward also gives up after 5 s and scores 0)
+MAX_ANSWER_CHARS = 1500  # longer answers are only compared as normalised strings (gold answers in the data: <= 204)
+MAX_TOKENS = 600  # a parsed answer has at most this many tokens
+MAX_DEPTH = 40  # nesting depth of brackets/braces the parser accepts
+MAX_BITS = 100_000  # largest exact integer (numerator/denominator) built during evaluation, ~30,000 digits
+MAX_FACTORIAL = 3000  # n! exactly up to this n (3000! has ~30,000 bits)
+MAX_MAG = 1_000_000  # |value| < 2**MAX_MAG for floating evaluation (mpmath's exponent), else "too big"
+REL_TOL_DECIMAL = 1e-6  # relative tolerance when a side is written as a decimal and neither side is an integer
+REL_TOL_EXACT = 1e-25  # "identical" at 113-bit precision: the noise of evaluating exact expressions
+N_POINTS = 4  # random points for expressions with variables
+WORKER_STARTUP = 60.0  # seconds a batch worker process may take to import before it is replaced
+WORKER_GRACE = 2.0  # seconds past the time limit before the parent kills a worker stuck in uninterruptible work
+
+_MP = mpmath.MPContext()  # a private mpmath context: never touches the caller's mpmath.mp precision
+_MP.prec = 113  # quad precision, ~34 significant digits
+_MP_HI = mpmath.MPContext()  # a second context for re-checking "equal" verdicts; precisions never change (thread-safe)
+_MP_HI.prec = 400
+
+
+class _Timeout(BaseException):
+    """Raised inside a verification that ran past its time limit.
+
+    A BaseException, so that a library's `except Exception` cannot swallow it."""
+
+
+class _TooBig(Exception):
+    """A number would be too large to build or evaluate in bounded time."""
+
+
+class _ParseError(Exception):
+    """The answer is not LaTeX/plain maths this parser understands."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Answer extraction
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
+_PHRASE_RE = re.compile(
+    r"(?im)(?:\b(?:final answer|the answer)(?:\s+is\b\s*:?|\s*:)|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
+)
+_LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+
+
+def _braced(text: str, start: int) -> tuple[str, int] | None:
+    """(content, end) of the {...} group opening at text[start], honouring nesting and escaped braces; None if open."""
+    if start >= len(text) or text[start] != "{":
+        return None
+    depth, i = 0, start
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} / \\fbox{...} (also the brace-less "\\boxed 5"); None if absent or unclosed."""
+    last = None
+    for last in _BOX_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    start = last.end()
+    if start < len(text) and text[start] == "{":
+        group = _braced(text, start)
+        return None if group is None else group[0].strip()
+    m = re.match(r"[^\s$]+", text[start:])
+    return m.group(0) if m and last.group(0) != last.group(0).rstrip() else None
+
+
+def _answer_phrase(text: str) -> str | None:
+    """What follows the last "final answer is" / "the answer is": a $...$ group, else the rest of the sentence."""
+    last = None
+    for last in _PHRASE_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    rest = text[last.end() :].split("\n", 1)[0].strip().strip("*").strip()
+    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if rest.startswith(open_):
+            end = rest.find(close, len(open_))
+            return rest[len(open_) : end].strip() if end > 0 else None
+    rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0]
+    return rest.strip() or None
+
+
+def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) -> str | None:
+    """The final answer of a model response, or None.
+
+    Cut at the first </answer>; then the last \\boxed{}/\\fbox{} (nested braces); with boxed_only nothing else counts.
+    Otherwise: the content of <answer>...</answer>, then "The final answer is: ..." / "the answer is ...", and, unless
+    strict, the last number in the text. The string is returned as written; is_equivalent does the normalisation
+    (see _normalize).
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    cut = text.find("</answer>")
+    if cut >= 0:
+        text = text[:cut]
+    boxed = _last_boxed(text)
+    if boxed is not None or boxed_only:
+        return boxed
+    opened = text.rfind("<answer>")
+    if opened >= 0:
+        inner = text[opened + len("<answer>") :].strip()
+        if inner:
+            inner = _answer_phrase(inner) or inner
+            if strict or not _has_words(inner):
+                return inner
+            return _last_number(inner) or inner  # "<answer>So the total is 42</answer>"
+    phrase = _answer_phrase(text)
+    if phrase is not None or strict:
+        return phrase
+    return _last_number(text)
+
+
+def _last_number(text: str) -> str | None:
+    last = None
+    for last in _LAST_NUMBER_RE.finditer(text):
+        pass
+    return None if last is None else last.group(0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# String normalisation
+
+_UNICODE = {
+    "\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u22c5": r"\cdot ", "\u00b7": r"\cdot ", "\u00f7": r"\div ",
+    "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u2264": r"\le ", "\u2265": r"\ge ", "\u2260": r"\ne ",
+    "\u221a": r"\sqrt ", "\u00b0": r"^\circ ", "\u222a": r"\cup ", "\u2208": r"\in ", "\u00b1": r"\pm ",
+    "\u00a0": " ", "\u2032": "'", "\u2205": r"\emptyset ", "\u2248": r"\approx ", "\u00b2": "^2", "\u00b3": "^3",
+    "\u2074": "^4", "\u00bd": r"\frac{1}{2}", "\u2192": r"\to ", "\u2229": r"\cap ",
+}  # fmt: skip
+_TEXT_CMDS = (
+    r"text|textrm|textbf|textit|textnormal|textsf|texttt|mbox|hbox|emph|"
+    r"mathrm|mathbf|mathit|mathsf|mathnormal|boldsymbol|bm"
+)
+_UNITS = (
+    r"(?:sq(?:uare|\.)?\s*|cubic\s*)?(?:units?|cm|mm|km|meters?|metres?|centimeters?|kilometers?|inch(?:es)?|feet|foot|"
+    r"ft|yards?|yd|miles?|mph|seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?|dollars?|cents?|"
+    r"degrees?|radians?|kg|grams?|pounds?|lbs?|ounces?|oz|liters?|litres?|ml|gallons?|cups?|people|students|ways|"
+    r"times|points|percent|units|meters\s*per\s*second|m/s|km/h|cm/s)"
+)
+_UNIT_TEXT_RE = re.compile(
+    r"\\(?:" + _TEXT_CMDS + r")\s*\{\s*" + _UNITS + r"\s*\.?\s*\}(?:\s*\^\s*\{?\s*-?[123]\s*\}?)?"
+)
+_UNIT_TAIL_RE = re.compile(r"(?<=[\d}\s.)])\s*" + _UNITS + r"(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$")
+_TRAILING_TEXT_RE = re.compile(  # a text group (one level of inner braces) closing the answer, maybe with ^{-1}
+    r"(?<=[\d}).\s])\s*\\(?:text|mathrm|mbox|textrm|rm|unit)\s*\{"
+    r"(?=[^{}]*(?:\{[^{}]*\}[^{}]*)*\}\s*(?:\^\s*\{?\s*-?\d\s*\}?)?\s*$)"
+)
+_TEXT_WRAP_RE = re.compile(r"\\(?:" + _TEXT_CMDS + r")\s*\{([^{}]*)\}")
+_PLAIN_FUNCS_RE = re.compile(
+    r"(?<![\\a-zA-Z])(sqrt|sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|log|ln|exp|pi|infty|gcd|lcm)(?![a-zA-Z])"
+)
+_SPACES_RE = re.compile(
+    r"\\\\|\\[,:;! ]|\\q?quad\b|\\(?:thinspace|enspace|hfill)\b|\\hspace\*?\{[^{}]*\}|\\phantom\{[^{}]*\}|~"
+)
+_SIZING_RE = re.compile(
+    r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|bigg|Bigg|big|Big)(?![a-zA-Z])\s*"
+)
+_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|\^\s*\{\s*(?:\\prime\s*)+\}|\^\s*\\prime")
+_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+_MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
+_MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])")
+_TIME_RE = re.compile(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([aApP])\.?\s*[mM]\.?")
+_NUMBER_WORDS_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s+[a-zA-Z]{3,}(?:\s+[a-zA-Z]+)*")
+
+
+def _strip_wrapper(s: str, cmd: str) -> str:
+    """s without an outer \\cmd{...} that spans all of it."""
+    while s.startswith(cmd):
+        group = _braced(s, len(cmd))
+        if group is None or group[1] != len(s):
+            break
+        s = group[0].strip()
+    return s
+
+
+def _strip_trailing_unit(s: str) -> str:
+    """A number followed by a unit in text markup loses the unit: "9.6 \\mathrm{~s}", "7.5e7 \\text{ m/s}",
+    "3 \\mathrm{km\\,s^{-1}}". Only explicit markup counts: a bare "3 m" may be the expression 3m."""
+    m = _TRAILING_TEXT_RE.search(s)
+    if not m or not re.search(r"\d", s[: m.start()]):
+        return s
+    group = _braced(s, m.end() - 1)
+    if group is None:
+        return s
+    unit, end = group
+    rest = s[end:]
+    if re.fullmatch(r"\s*(?:\^\s*\{?\s*-?\d\s*\}?)?\s*", rest) and re.fullmatch(
+        r"[\sa-zA-Z/.^{}\-\d\\,]*[a-zA-Z][\sa-zA-Z/.^{}\-\d\\,]*", unit
+    ):
+        if unit.strip() not in ("i", "e", "or", "and") and not unit.strip().startswith("("):
+            return s[: m.start()].rstrip()
+    return s
+
+
+def _normalize(s: str) -> tuple[str, bool]:
+    """Formatting-free form of an answer string, and whether it carried a percent sign."""
+    s = s.strip()
+    for k, v in _UNICODE.items():
+        if k in s:
+            s = s.replace(k, v)
+    s = (
+        s.replace("\\$", " ")
+        .replace("$", "")
+        .replace("\\(", "")
+        .replace("\\)", "")
+        .replace("\\[", "")
+        .replace("\\]", "")
+    )
+    s = _strip_wrapper(_strip_wrapper(s.strip(), "\\boxed"), "\\fbox")
+    s = re.sub(r"\\(?:left|right)\s*\.", "", s)
+    s = _SIZING_RE.sub("", s)
+    s = s.replace("\\displaystyle", "").replace("\\limits", "").replace("\\!", "\\! ")
+    s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
+    s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
+    s = re.sub(r"\\operatorname\s*\{\s*([a-zA-Z]+)\s*\}", r"\\\1 ", s)
+    s = re.sub(r"(\d)\s*(?:\{,\}|,\\!)\s*(?=\d{3})", r"\1", s)  # 10,\!080 and 1{,}000: thousands separators
+    s = _SPACES_RE.sub(lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
+    s = re.sub(r"\\langle", "(", s).replace("\\rangle", ")")
+    s = _DEGREE_RE.sub("", s)
+    percent = "%" in s
+    s = s.replace("\\%", "").replace("%", "")
+    s = re.sub(r"\\(?:" + _TEXT_CMDS + r")\s*\{\s*(?:or|and)\s*\}|\s+(?:or|and)\s+", ",", s)
+    s = re.sub(r",\s*(?=,)", "", s)  # "2, 3, and 4" -> "2, 3, 4"
+    unitless = _UNIT_TEXT_RE.sub("", s).strip()
+    s = unitless or s
+    for _ in range(3):  # "15000 \\text{ kcal m}^{-2} \\text{yr}^{-1}"
+        s = _strip_trailing_unit(s)
+    for _ in range(4):
+        s, n = _TEXT_WRAP_RE.subn(r"\1", s)
+        if not n:
+            break
+    unitless = _UNIT_TAIL_RE.sub("", s).strip()
+    s = unitless or s
+    s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ")
+    s = re.sub(r"^\s*(?:\\approx|\\sim)\s*", "", s)
+    s = _PLAIN_FUNCS_RE.sub(r"\\\1", s)
+    s = re.sub(r"\\infty|(?<!\\)\b(?:infinity|inf)\b", r"\\infty ", s)
+    s = re.sub(r"\s+", " ", s).strip()
+    s = re.sub(r"(?:\s|[.,;]|\\\s)+$", "", s)  # trailing sentence punctuation
+    s = re.sub(r" ?([^\w\s\\]) ?", r"\1", s)  # spaces next to symbols carry no meaning
+    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) or re.fullmatch(r"\d{1,3}(?: \d{3})+", s):
+        s = s.replace(",", "").replace(" ", "")  # a whole answer "1,000": thousands, not the list (1, 0)
+    m = _TIME_RE.fullmatch(s)
+    if m:  # 4:30 p.m. -> "time 16:30" (a word answer: compared as text, never as the ratio 4:30)
+        hour = int(m.group(1)) % 12 + (12 if m.group(4).lower() == "p" else 0)
+        s = f"time {hour}:{m.group(2) or '00'}" + (f":{m.group(3)}" if m.group(3) else "")
+    m = _NUMBER_WORDS_RE.fullmatch(s)
+    if m and not re.search(r"\b(?:or|and|to)\b", s):
+        s = m.group(1)  # "5 apples", "12 square feet": the number
+    return s, percent
+
+
+def _has_words(s: str) -> bool:
+    """Whether an answer contains a word outside LaTeX commands: a run of 3+ letters with a lower-case vowel
+    ("Evelyn", "even", "None") or all capitals ("MAKE", "LQSX"). Runs like "LCs" or "xyz" stay products of symbols."""
+    bare = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}|\\[a-zA-Z]+", " ", s)
+    return any(re.search(r"[aeiou]", w) or w.isupper() for w in _WORD_RE.findall(bare))
+
+
+def _text_key(s: str) -> str:
+    """Words compared case-insensitively, ignoring everything but letters and digits ("\\text{East}" == "east")."""
+    return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+def _mc_letters(s: str, pred: bool) -> frozenset | None:
+    """The multiple-choice letters of an answer ("(C)", "C", "A,C"); a prediction may continue "(C) 12"."""
+    s = s.strip()
+    m = _MC_RE.fullmatch(s)
+    if m:
+        return frozenset(re.findall(r"[A-E]", s))
+    if pred:
+        m = _MC_PRED_RE.fullmatch(s)
+        if m:
+            return frozenset(filter(None, m.groups()))
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parser: LaTeX / plain maths -> tree of tuples (kind, *fields)
+#   ("num", Fraction, False or decimal ulp)  ("sym", name)  ("const", "pi"|"e"|"i"|"inf")  ("neg", x)  ("add", terms)
+#   ("mul", factors)  ("frac", a, b)  ("pow", base, exp)  ("root", x, n)  ("fn", name, arg)  ("log", x, base)
+#   ("abs"|"floor"|"ceil"|"fact", x)  ("binom", n, k)  ("base", digits, base)  ("pm", x)  ("dots",)
+#   ("rel", ops, exprs)  ("list", items)  ("set", items)  ("seq", brackets, items)  ("union", parts)  ("matrix", rows)
+#   ("ratio", (a, b))
+
+_TOKEN_RE = re.compile(
+    r"\s*(?:(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+(?:[eE][-+]?\d+(?![\d.]))?)|(\\[a-zA-Z]+|\\.)|(\S))"
+)
+_FUNCS = {
+    "sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "exp", "ln", "log",
+    "lg", "arccot", "arcsec", "arccsc", "max", "min", "gcd", "lcm", "det",
+}  # fmt: skip
+_INVERSE = {"sin": "arcsin", "cos": "arccos", "tan": "arctan", "cot": "arccot", "sec": "arcsec", "csc": "arccsc"}
+_RELOPS = {
+    "=": "=", "<": "<", ">": ">", "\\le": "<=", "\\leq": "<=", "\\leqslant": "<=", "\\ge": ">=", "\\geq": ">=",
+    "\\geqslant": ">=", "\\lt": "<", "\\gt": ">", "\\ne": "!=", "\\neq": "!=", "\\approx": "=", "\\in": "in",
+}  # fmt: skip
+_MUL_OPS = {"*", "\\cdot", "\\times", "\\ast"}
+_DIV_OPS = {"/", "\\div"}
+_SUM_OPS = {"+", "-", "\\pm", "\\mp"}
+_CLOSERS = {")", "]", "}", "\\}", "|", "\\rfloor", "\\rceil", "&", "\\\\", "\\end", ",", ";", "\\cup", "\\rvert"}
+_MATRIX_ENVS = {"pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "matrix", "smallmatrix", "array"}
+
+
+def _tokenize(s: str) -> list[str]:
+    tokens = [m.group(m.lastindex) for m in _TOKEN_RE.finditer(s) if m.lastindex]
+    if len(tokens) > MAX_TOKENS:
+        raise _ParseError(f"more than {MAX_TOKENS} tokens")
+    depth = peak = 0
+    for t in tokens:
+        depth += t in ("(", "[", "{", "\\{") or t.startswith("\\left")
+        depth -= t in (")", "]", "}", "\\}")
+        peak = max(peak, depth)
+    if peak > MAX_DEPTH:
+        raise _ParseError(f"nesting deeper than {MAX_DEPTH}")
+    return tokens
+
+
+def _number(text: str) -> tuple:
+    """("num", exact value, False) for an integer literal; for a decimal ("0.15", "4.5e33") the third field is its
+    unit in the last place (1/100, 10**32): a decimal is an exact fraction that also states its precision."""
+    if len(text) > 400:
+        raise _ParseError("number literal too long")
+    if "." not in text and "e" not in text.lower():
+        return ("num", Fraction(text), False)
+    mantissa, _, exponent = text.lower().partition("e")
+    return ("num", Fraction(text), Fraction(10) ** (int(exponent or 0) - len(mantissa.partition(".")[2])))
+
+
+class _Parser:
+    """Recursive descent over tokens. Precedence: list , ; < relation < \\cup < sum < product < unary minus < power."""
+
+    def __init__(self, s: str):
+        self.toks = _tokenize(s)
+        self.i = 0
+        self.in_abs = 0
+
+    def peek(self, k: int = 0) -> str | None:
+        return self.toks[self.i + k] if self.i + k < len(self.toks) else None
+
+    def take(self) -> str:
+        if self.i >= len(self.toks):
+            raise _ParseError("unexpected end")
+        self.i += 1
+        return self.toks[self.i - 1]
+
+    def expect(self, tok: str) -> None:
+        if self.take() != tok:
+            raise _ParseError(f"expected {tok!r}")
+
+    def parse(self) -> tuple:
+        items = self.items()
+        if self.i != len(self.toks):
+            raise _ParseError(f"unexpected {self.peek()!r}")
+        return items[0] if len(items) == 1 else ("list", tuple(items))
+
+    def items(self) -> list:
+        out = [self.relation()]
+        while self.peek() in (",", ";"):
+            self.take()
+            if self.peek() is None:  # "1, 2," -> trailing separator
+                break
+            out.append(self.relation())
+        return out
+
+    def relop(self) -> str | None:
+        t = self.peek()
+        if t in ("<", ">") and self.peek(1) == "=":
+            self.i += 2
+            return t + "="
+        if t == "!" and self.peek(1) == "=":
+            self.i += 2
+            return "!="
+        if t in _RELOPS:
+            self.i += 1
+            return _RELOPS[t]
+        return None
+
+    def relation(self) -> tuple:
+        exprs, ops = [self.union()], []
+        while (op := self.relop()) is not None:
+            ops.append(op)
+            exprs.append(self.union())
+        return exprs[0] if not ops else ("rel", tuple(ops), tuple(exprs))
+
+    def union(self) -> tuple:
+        parts = [self.expr()]
+        while self.peek() == "\\cup":
+            self.take()
+            parts.append(self.expr())
+        return parts[0] if len(parts) == 1 else ("union", tuple(parts))
+
+    def expr(self) -> tuple:
+        terms = []
+        sign = "+"
+        if self.peek() in _SUM_OPS:
+            sign = self.take()
+        while True:
+            t = self.term()
+            terms.append(t if sign == "+" else ("neg", t) if sign == "-" else ("pm", t))
+            if self.peek() not in _SUM_OPS:
+                break
+            sign = self.take()
+        return terms[0] if len(terms) == 1 else ("add", tuple(terms))
+
+    def starts_primary(self, t: str | None) -> bool:
+        if t is None or t in _CLOSERS or t in _RELOPS or t in _SUM_OPS or t in _MUL_OPS or t in _DIV_OPS:
+            return t == "|" and not self.in_abs
+        return t not in ("^", "_", "!", "'", "=", "<", ">", ":", "\\ldots", "\\cdots", "\\dots")
+
+    def term(self) -> tuple:
+        factors = [self.unary()]
+        while True:
+            t = self.peek()
+            if t in _MUL_OPS:
+                self.take()
+                factors.append(self.unary())
+            elif t in _DIV_OPS:  # juxtaposition binds tighter than "/": t/RC = t/(RC), 1/2\\pi = 1/(2\\pi)
+                self.take()
+                den = [self.unary()]
+                while self.starts_primary(self.peek()) and not (den[-1][0] == "num" and self.peek()[0].isdigit()):
+                    den.append(self.power())
+                factors.append(("pow", _product(den), ("num", Fraction(-1), False)))
+            elif t == ":" and self.peek(1) is not None:  # ratio a:b
+                self.take()
+                return ("ratio", (_product(factors), self.term()))
+            elif self.starts_primary(t):
+                if factors[-1][0] == "num" and t[0].isdigit():
+                    raise _ParseError("two numbers side by side")
+                nxt = self.power()
+                if len(factors) == 1 and _is_integer_literal(factors[0]) and _is_mixed_fraction(nxt):
+                    factors[0] = ("num", factors[0][1] + nxt[1][1] / nxt[2][1], False)  # 2\frac{1}{2} = 5/2
+                else:
+                    factors.append(nxt)
+            else:
+                break
+        return _product(factors)
+
+    def unary(self) -> tuple:
+        if self.peek() == "-":
+            self.take()
+            return ("neg", self.unary())
+        if self.peek() in ("\\pm", "\\mp"):  # "x = \\pm 2" inside a product or after another sign
+            self.take()
+            return ("pm", self.unary())
+        if self.peek() == "+":
+            self.take()
+            return self.unary()
+        return self.power()
+
+    def power(self) -> tuple:
+        base = self.postfix()
+        if self.peek() == "^":
+            self.take()
+            base = ("pow", base, self.script())
+            while self.peek() == "!":
+                self.take()
+                base = ("fact", base)
+        return base
+
+    def script(self) -> tuple:
+        """Argument of ^: a {group}, a signed script, or one primary (a whole number: "2^10" is 2^{10})."""
+        t = self.peek()
+        if t == "{":
+            return self.group()
+        if t in ("-", "+"):
+            self.take()
+            inner = self.script()
+            return ("neg", inner) if t == "-" else inner
+        return self.primary()
+
+    def group(self) -> tuple:
+        self.expect("{")
+        items = self.items()
+        self.expect("}")
+        if len(items) != 1:
+            raise _ParseError("list inside a group")
+        return items[0]
+
+    def arg(self) -> tuple:
+        """One macro argument: {group}, or a single character/command (\\frac12, \\sqrt3, \\frac\\pi2)."""
+        t = self.peek()
+        if t == "{":
+            return self.group()
+        if t is not None and t[0].isdigit() and len(t) > 1 and "." not in t:
+            self.toks[self.i] = t[1:]
+            return _number(t[0])
+        return self.primary()
+
+    def raw_script(self) -> str:
+        """A subscript as text (names like x_1, a_{n+1}, m_{\\max})."""
+        if self.peek() != "{":
+            return self.take()
+        depth, parts = 0, []
+        while True:
+            t = self.take()
+            depth += (t == "{") - (t == "}")
+            parts.append(t)
+            if depth == 0:
+                return "".join(parts[1:-1])
+
+    def postfix(self) -> tuple:
+        node = self.primary()
+        while self.peek() in ("!", "'"):
+            if self.take() == "!":
+                node = ("fact", node)
+        return node
+
+    def primary(self) -> tuple:
+        t = self.take()
+        if t[0].isdigit() or (t[0] == "." and len(t) > 1):
+            return self.number(t)
+        if t.isalpha() and len(t) == 1:
+            name = t
+            if self.peek() == "_":
+                self.take()
+                name += "_" + self.raw_script()
+            if self.peek() == "(" and self.peek(2) == ")" and (self.peek(1) or " ")[0].isdigit():
+                name += f"({self.peek(1)})"  # I(0), f(2): a value of a function, not I times 0
+                self.i += 3
+                return ("sym", name)
+            return ("const", "e") if name == "e" else ("const", "i") if name == "i" else ("sym", name)
+        if t in ("(", "["):
+            return self.bracket(t)
+        if t == "{":
+            items = self.items()
+            self.expect("}")
+            return items[0] if len(items) == 1 else ("set", tuple(items))
+        if t == "\\{":
+            items = [] if self.peek() == "\\}" else self.items()
+            self.expect("\\}")
+            return ("set", tuple(items))
+        if t in ("|", "\\vert", "\\lvert", "\\|"):
+            self.in_abs += 1
+            inner = self.expr()
+            self.in_abs -= 1
+            if self.take() not in ("|", "\\vert", "\\rvert", "\\|"):
+                raise _ParseError("unclosed |")
+            return ("abs", inner)
+        if t in ("\\lfloor", "\\lceil"):
+            inner = self.expr()
+            self.expect("\\rfloor" if t == "\\lfloor" else "\\rceil")
+            return ("floor" if t == "\\lfloor" else "ceil", inner)
+        if t.startswith("\\"):
+            return self.command(t[1:])
+        raise _ParseError(f"unexpected {t!r}")
+
+    def number(self, t: str) -> tuple:
+        node = _number(t)
+        if self.peek() == "\\overline" and "." in t:  # 0.\overline{3} = 1/3, 0.1\overline{6} = 1/6
+            self.take()
+            rep = self.raw_script()
+            if not rep.isdigit():
+                raise _ParseError("bad repeating decimal")
+            head = t.split(".")[1]
+            node = ("num", Fraction(t) + Fraction(int(rep), (10 ** len(rep) - 1) * 10 ** len(head)), False)
+        if self.peek() == "_":  # 52_8, 4210_{5}: a numeral in another base
+            self.take()
+            base = self.raw_script()
+            if not base.isdigit():
+                raise _ParseError("bad base subscript")
+            return ("base", t, int(base))
+        return node
+
+    def bracket(self, opener: str) -> tuple:
+        items = self.items()
+        closer = self.take()
+        if closer not in (")", "]"):
+            raise _ParseError("unclosed bracket")
+        if len(items) == 1:
+            if opener + closer not in ("()", "[]"):
+                raise _ParseError("mismatched brackets")
+            return items[0]
+        return ("seq", opener + closer, tuple(items))
+
+    def command(self, name: str) -> tuple:
+        if not name.isalpha():
+            raise _ParseError(f"unexpected \\{name}")
+        if name == "frac":
+            return ("frac", self.arg(), self.arg())
+        if name == "sqrt":
+            n = ("num", Fraction(2), False)
+            if self.peek() == "[":
+                self.take()
+                n = self.expr()
+                self.expect("]")
+            return ("root", self.arg(), n)
+        if name == "binom":
+            return ("binom", self.arg(), self.arg())
+        if name == "pi":
+            return ("const", "pi")
+        if name == "infty":
+            return ("const", "inf")
+        if name in ("imath", "jmath"):
+            return ("const", "i")
+        if name in ("emptyset", "varnothing"):
+            return ("set", ())
+        if name in ("ldots", "cdots", "dots"):
+            return ("dots",)
+        if name == "mathbb":
+            letter = self.raw_script()
+            inf = ("const", "inf")
+            return ("seq", "()", (("neg", inf), inf)) if letter == "R" else ("sym", "bb" + letter)
+        if name == "begin":
+            return self.matrix()
+        if name in _FUNCS:
+            return self.function(name)
+        if name in ("hat", "bar", "vec", "dot", "ddot", "tilde", "overline", "mathcal", "mathfrak", "widehat"):
+            node = ("sym", name + self.raw_script())
+        elif self.peek() == "{":
+            raise _ParseError(f"unsupported command \\{name}")
+        else:
+            node = ("sym", "\\" + name)  # Greek letters and other constants: plain symbols
+        if self.peek() == "_":
+            self.take()
+            node = ("sym", node[1] + "_" + self.raw_script())
+        return node
+
+    def function(self, name: str) -> tuple:
+        power = base = None
+        for _ in range(2):
+            if self.peek() == "^":
+                self.take()
+                power = self.script()
+            elif self.peek() == "_":
+                self.take()
+                base = self.script()
+        if self.peek() == "(":
+            self.take()
+            items = self.items()
+            self.expect(")")
+            arg = items[0] if len(items) == 1 else ("seq", "()", tuple(items))
+        elif self.peek() == "{":
+            arg = self.group()
+        else:  # \sin 2x, \log_2 n: an implicit product of plain factors
+            factors = [self.power()]
+            while self.starts_primary(self.peek()) and self.peek()[1:] not in _FUNCS:
+                factors.append(self.power())
+            arg = _product(factors)
+        if power == ("neg", ("num", Fraction(1), False)) and name in _INVERSE:
+            name, power = _INVERSE[name], None
+        node = ("log", arg, base) if name in ("log", "lg", "ln") else ("fn", name, arg)
+        if name == "lg" and base is None:
+            node = ("log", arg, ("num", Fraction(10), False))
+        return ("pow", node, power) if power is not None else node
+
+    def matrix(self) -> tuple:
+        env = self.raw_script()
+        if env not in _MATRIX_ENVS:
+            raise _ParseError(f"unsupported environment {env}")
+        if env == "array" and self.peek() == "{":
+            self.raw_script()
+        rows, row = [], []
+        while True:
+            if self.peek() == "\\end":
+                self.take()
+                self.raw_script()
+                break
+            row.append(self.relation())
+            t = self.take()
+            if t == "\\\\":
+                rows.append(tuple(row))
+                row = []
+            elif t == "\\end":
+                self.raw_script()
+                break
+            elif t != "&":
+                raise _ParseError("bad matrix")
+        if row:
+            rows.append(tuple(row))
+        if not rows or len({len(r) for r in rows}) != 1:
+            raise _ParseError("ragged matrix")
+        return ("matrix", tuple(rows))
+
+
+def _is_integer_literal(node: tuple) -> bool:
+    return node[0] == "num" and not node[2] and node[1].denominator == 1 and node[1] >= 0
+
+
+def _is_mixed_fraction(node: tuple) -> bool:
+    """\\frac{p}{q} of integer literals with 0 < p < q: the fractional part of a mixed number like 3\\frac{1}{4}."""
+    return (
+        node[0] == "frac"
+        and _is_integer_literal(node[1])
+        and _is_integer_literal(node[2])
+        and 0 < node[1][1] < node[2][1]
+    )
+
+
+def _product(factors: list) -> tuple:
+    return factors[0] if len(factors) == 1 else ("mul", tuple(factors))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tree helpers
+
+
+def _children(node: tuple):
+    for f in node[1:]:
+        if isinstance(f, tuple) and f:
+            if isinstance(f[0], str):
+                yield f
+            else:
+                for g in f:
+                    yield from ([g] if isinstance(g[0], str) else g)  # items, or matrix rows
+
+
+def _walk(node: tuple):
+    yield node
+    for c in _children(node):
+        yield from _walk(c)
+
+
+def _symbols(node: tuple) -> frozenset:
+    return frozenset(n[1] for n in _walk(node) if n[0] == "sym")
+
+
+def _has_decimal(node: tuple) -> bool:
+    return any(n[0] == "num" and n[2] for n in _walk(node))
+
+
+def _non_analytic(node: tuple) -> bool:
+    return any(n[0] in ("abs", "floor", "ceil", "fact", "binom") for n in _walk(node))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation: exact rationals first, then mpmath (both with size guards)
+
+
+def _check_bits(v: Fraction) -> Fraction:
+    if v.numerator.bit_length() > MAX_BITS or v.denominator.bit_length() > MAX_BITS:
+        raise _TooBig("exact value too large")
+    return v
+
+
+def _int_root(n: int, k: int) -> int | None:
+    """The exact integer k-th root of n >= 0, or None."""
+    if n < 2:
+        return n
+    r = math.isqrt(n) if k == 2 else int(round(math.exp(math.log(n) / k)))
+    for c in (r - 1, r, r + 1):
+        if c >= 0 and c**k == n:
+            return c
+    return None
+
+
+def _exact_root(v: Fraction, k: int) -> Fraction | None:
+    if k <= 0 or k > 64:
+        return None
+    if v < 0:
+        if k % 2 == 0:
+            return None
+        r = _exact_root(-v, k)
+        return None if r is None else -r
+    p, q = _int_root(v.numerator, k), _int_root(v.denominator, k)
+    return None if p is None or q is None else Fraction(p, q)
+
+
+def _exact(node: tuple) -> Fraction | None:
+    """The exact rational value of a constant expression, or None when it is not rational (or not a number)."""
+    k = node[0]
+    if k == "num":
+        return node[1]
+    if k == "neg":
+        v = _exact(node[1])
+        return None if v is None else -v
+    if k in ("add", "mul"):
+        vals = [_exact(c) for c in node[1]]
+        if any(v is None for v in vals):
+            return None
+        out = Fraction(0) if k == "add" else Fraction(1)
+        for v in vals:
+            out = _check_bits(out + v if k == "add" else out * v)
+        return out
+    if k == "frac":
+        a, b = _exact(node[1]), _exact(node[2])
+        return None if a is None or b is None or b == 0 else _check_bits(a / b)
+    if k in ("pow", "root"):
+        b, e = _exact(node[1]), _exact(node[2])
+        if b is None or e is None:
+            return None
+        if k == "root":
+            if e.denominator != 1:
+                return None
+            return _exact_root(b, int(e))
+        if b == 0:
+            return None if e <= 0 else Fraction(0)
+        if b in (1, -1) and e.denominator == 1:
+            return b ** int(e)
+        if abs(e.numerator) * max(b.numerator.bit_length(), b.denominator.bit_length()) > MAX_BITS * e.denominator:
+            raise _TooBig("power too large")
+        v = _check_bits(b**e.numerator) if e.numerator >= 0 else _check_bits(1 / b**-e.numerator)
+        return v if e.denominator == 1 else _exact_root(v, e.denominator)
+    if k == "fact":
+        v = _exact(node[1])
+        if v is None or v.denominator != 1 or v < 0:
+            return None
+        if v > MAX_FACTORIAL:
+            raise _TooBig("factorial too large")
+        return Fraction(math.factorial(int(v)))
+    if k == "binom":
+        n, r = _exact(node[1]), _exact(node[2])
+        if n is None or r is None or n.denominator != 1 or r.denominator != 1 or n < 0:
+            return None
+        if n > 10 * MAX_FACTORIAL:
+            raise _TooBig("binomial too large")
+        return Fraction(math.comb(int(n), int(r))) if r >= 0 else Fraction(0)
+    if k == "fn" and node[1] in ("max", "min", "gcd", "lcm"):
+        vals = [_exact(c) for c in (node[2][2] if node[2][0] == "seq" else (node[2],))]
+        if any(v is None for v in vals):
+            return None
+        if node[1] in ("max", "min"):
+            return max(vals) if node[1] == "max" else min(vals)
+        if any(v.denominator != 1 for v in vals):
+            return None
+        ints = [int(v) for v in vals]
+        return Fraction(math.gcd(*ints) if node[1] == "gcd" else math.lcm(*ints))
+    if k == "base":  # 52_8 = 42, 0.0011_2 = 3/16
+        whole, _, frac = node[1].partition(".")
+        try:
+            return Fraction(int(whole + frac, node[2]), node[2] ** len(frac)) if 2 <= node[2] <= 36 else None
+        except ValueError:
+            return None
+    return None
+
+
+_MP_FUNCS = {  # our name -> mpmath's
+    "sin": "sin", "cos": "cos", "tan": "tan", "cot": "cot", "sec": "sec", "csc": "csc", "arcsin": "asin",
+    "arccos": "acos", "arctan": "atan", "arccot": "acot", "arcsec": "asec", "arccsc": "acsc", "sinh": "sinh",
+    "cosh": "cosh", "tanh": "tanh", "exp": "exp",
+}  # fmt: skip
+
+
+def _mag_ok(v):
+    if _MP.isnan(v):
+        raise ZeroDivisionError("not a number")
+    if not _MP.isinf(v) and v != 0 and abs(_MP.mag(v)) > MAX_MAG:
+        raise _TooBig("value too large")
+    return v
+
+
+def _real(v):
+    """The real value of v; a ValueError when it has a genuine imaginary part (floor of a complex number)."""
+    if v.imag != 0 and abs(v.imag) > abs(v) * 1e-30:
+        raise ValueError("complex argument")
+    return v.real
+
+
+def _num(node: tuple, env: dict, ctx=_MP):
+    """Value of a scalar tree (mpf/mpc) in mpmath context ctx (113 or 400 bits); symbols take their values from env."""
+    k = node[0]
+    if k == "num":
+        return ctx.mpf(node[1].numerator) / node[1].denominator
+    if k == "sym":
+        if node[1] not in env:
+            raise _ParseError(f"no value for {node[1]}")
+        return ctx.convert(env[node[1]])  # into this context, so arithmetic runs at its precision
+    if k == "const":
+        return {"pi": ctx.pi, "e": ctx.e, "i": ctx.mpc(0, 1), "inf": ctx.inf}[node[1]] + 0
+    if k == "neg":
+        return -_num(node[1], env, ctx)
+    if k == "add":
+        return _mag_ok(ctx.fsum(_num(c, env, ctx) for c in node[1]))
+    if k == "mul":
+        out = ctx.mpf(1)
+        for c in node[1]:
+            out = _mag_ok(out * _num(c, env, ctx))
+        return out
+    if k == "frac":
+        return _mag_ok(_num(node[1], env, ctx) / _num(node[2], env, ctx))
+    if k in ("pow", "root"):
+        b, e = _num(node[1], env, ctx), _num(node[2], env, ctx)
+        if k == "root":
+            e = 1 / e
+        ex = _exact(node[2])
+        if k == "root" and ex is not None and ex.denominator == 1 and ex % 2 == 1 and _real(b) < 0 and b.imag == 0:
+            return -ctx.root(-b, int(ex))  # odd root of a negative number: the real root, \sqrt[3]{-8} = -2
+        if abs(b) not in (0, 1) and abs(e) * (abs(ctx.mag(b)) + 1) > MAX_MAG:
+            raise _TooBig("power too large")
+        return _mag_ok(ctx.power(b, e))
+    if k == "fn" and node[1] in ("max", "min"):
+        vals = [_real(_num(c, env, ctx)) for c in (node[2][2] if node[2][0] == "seq" else (node[2],))]
+        return max(vals) if node[1] == "max" else min(vals)
+    if k == "fn":
+        if node[1] in _MP_FUNCS:
+            x = _num(node[2], env, ctx)
+            if node[1] == "exp" and abs(x) > MAX_MAG:
+                raise _TooBig("exp too large")
+            return _mag_ok(getattr(ctx, _MP_FUNCS[node[1]])(x))
+        raise _ParseError(f"cannot evaluate {node[1]}")
+    if k == "log":
+        x = _num(node[1], env, ctx)
+        return ctx.log(x) if node[2] is None else _mag_ok(ctx.log(x) / ctx.log(_num(node[2], env, ctx)))
+    if k == "abs":
+        return abs(_num(node[1], env, ctx))
+    if k in ("floor", "ceil"):
+        x = _real(_num(node[1], env, ctx))
+        if abs(x) > 2.0**60:
+            raise _TooBig("floor of a huge value")
+        nearest = ctx.nint(x)
+        if abs(x - nearest) <= abs(x) * 1e-25:  # log2(4) may come out as 1.999...9: it is the integer
+            return nearest
+        return ctx.floor(x) if k == "floor" else ctx.ceil(x)
+    if k == "fact":
+        x = _num(node[1], env, ctx)
+        if abs(x) > 10**5:
+            raise _TooBig("factorial too large")
+        return _mag_ok(ctx.gamma(x + 1))
+    if k == "binom":
+        n, r = _num(node[1], env, ctx), _num(node[2], env, ctx)
+        if abs(n) > 10**5:
+            raise _TooBig("binomial too large")
+        return _mag_ok(ctx.binomial(n, r))
+    if k == "base":
+        v = _exact(node)
+        if v is None:
+            raise _ParseError("bad numeral")
+        return ctx.mpf(v.numerator) / v.denominator
+    raise _ParseError(f"cannot evaluate {k}")
+
+
+def _confirmed(p: tuple, g: tuple, env: dict) -> bool:
+    """Re-check an "equal" verdict at 400 bits: a true identity stays equal to ~1e-100, while a real difference
+    hiding below the 113-bit tolerance (1 vs 1 + e^{-100}) shows up at the same size as before."""
+    a, b = _num(p, env, _MP_HI), _num(g, env, _MP_HI)
+    return a == b or abs(a - b) <= 1e-90 * max(abs(a), abs(b), 1)
+
+
+def _decimal_close(p: tuple, g: tuple, a, b) -> bool:
+    """The decimal-tolerance test: within 1e-6 relative, and a side written as a bare decimal must be correctly rounded
+    at the coarser precision written (306956.63 != 306956.77, though they differ by only 5e-7 relative)."""
+    if not _close(a, b, REL_TOL_DECIMAL):
+        return False
+    ulps = [t[2] for t in (p[1] if p[0] == "neg" else p, g[1] if g[0] == "neg" else g) if t[0] == "num" and t[2]]
+    return not ulps or abs(a - b) <= _MP.mpf(max(ulps).numerator) / max(ulps).denominator / 2 * (1 + 1e-12)
+
+
+def _close(a, b, rel: float) -> bool:
+    if a == b:
+        return True
+    if _MP.isinf(a) or _MP.isinf(b):
+        return False
+    diff = abs(a - b)
+    return diff <= rel * max(abs(a), abs(b)) or (rel == REL_TOL_EXACT and diff < 1e-25)
+
+
+def _points(names: frozenset, kind: str) -> list[dict]:
+    """Deterministic sample points for the variables of an expression.
+
+    "real": reals in (0.5, 2.5): variables in answers are mostly positive quantities, so identities that need that
+    (sqrt(x^2) = x, ln(x^2) = 2 ln x) hold. "negative": reals in (-2.5, -0.5), added when abs/floor/ceil appear, so
+    |x| != x. "integer": 1..11, added for floor/ceil/abs/factorial/binomial answers, which are often equal on reals
+    but not on integers (floor(n/2) vs ceil(n/2) - 1) or the other way round; each variable runs through all of 1..11.
+    """
+    out = []
+    for j in range(11 if kind == "integer" else N_POINTS):
+        env = {}
+        for s, name in enumerate(sorted(names)):
+            if kind == "integer":
+                env[name] = _MP.mpf(1 + (j * (2 * s + 3) + s) % 11)
+            else:
+                x = _MP.mpf(random.Random(f"{name}/{j}").uniform(0.5, 2.5))
+                env[name] = -x if kind == "negative" else x
+        out.append(env)
+    return out
+
+
+def _sample_points(p: tuple, g: tuple, names: frozenset) -> list[dict]:
+    """The points at which two expressions are compared (see _points)."""
+    envs = _points(names, "real")
+    if _non_analytic(p) or _non_analytic(g):
+        envs += _points(names, "integer")
+    if any(n[0] in ("abs", "floor", "ceil") for n in list(_walk(p)) + list(_walk(g))):
+        envs += _points(names, "negative")
+    return envs
+
+
+def _sympy_equal(p: tuple, g: tuple) -> bool:
+    """Last resort for expressions numeric sampling could not settle: sympy.simplify(p - g) == 0."""
+    import sympy
+
+    def conv(n):
+        k = n[0]
+        if k == "num":
+            return sympy.Rational(n[1].numerator, n[1].denominator)
+        if k == "sym":
+            return sympy.Symbol(n[1], positive=True)
+        if k == "const":
+            return {"pi": sympy.pi, "e": sympy.E, "i": sympy.I, "inf": sympy.oo}[n[1]]
+        if k == "neg":
+            return -conv(n[1])
+        if k == "add":
+            return sympy.Add(*[conv(c) for c in n[1]])
+        if k == "mul":
+            return sympy.Mul(*[conv(c) for c in n[1]])
+        if k == "frac":
+            return conv(n[1]) / conv(n[2])
+        if k in ("pow", "root"):
+            b, e = conv(n[1]), conv(n[2])
+            if e.is_Number and abs(e) > 1000:
+                raise _TooBig("power too large for sympy")
+            return sympy.Pow(b, e if k == "pow" else 1 / e)
+        if k == "fn" and n[1] in _MP_FUNCS:
+            return getattr(sympy, {"arcsin": "asin", "arccos": "acos", "arctan": "atan"}.get(n[1], n[1]))(conv(n[2]))
+        if k == "log":
+            return sympy.log(conv(n[1])) if n[2] is None else sympy.log(conv(n[1]), conv(n[2]))
+        if k == "abs":
+            return sympy.Abs(conv(n[1]))
+        raise _ParseError(f"no sympy form for {k}")
+
+    try:
+        return sympy.simplify(conv(p) - conv(g)) == 0
+    except (_ParseError, _TooBig, TypeError, ValueError, ZeroDivisionError, RecursionError, AttributeError):
+        return False
+
+
+def _scalar_equal(p: tuple, g: tuple) -> tuple[bool, str]:
+    """Equality of two scalar expressions per the tolerance policy in the module docstring."""
+    if p == g:
+        return True, "identical expressions"
+    approx = _has_decimal(p) or _has_decimal(g)
+    ep, eg = _exact(p), _exact(g)
+    integer = (ep is not None and ep.denominator == 1) or (eg is not None and eg.denominator == 1)
+    rel = REL_TOL_DECIMAL if approx and not integer else REL_TOL_EXACT
+    if ep is not None and eg is not None:
+        if ep == eg:
+            return True, f"equal rationals ({_short(ep)})"
+        if rel == REL_TOL_DECIMAL and _decimal_close(
+            p, g, _MP.mpf(ep.numerator) / ep.denominator, _MP.mpf(eg.numerator) / eg.denominator
+        ):
+            return True, f"decimal within relative {rel:g}"
+        return False, f"different numbers ({_short(ep)} vs {_short(eg)})"
+    names = _symbols(p) | _symbols(g)
+    if not names:
+        a, b = _num(p, {}), _num(g, {})
+        if _decimal_close(p, g, a, b) if rel == REL_TOL_DECIMAL else _close(a, b, rel) and _confirmed(p, g, {}):
+            return True, f"equal values ({_MP.nstr(a, 12)})" + (
+                f" within relative {rel:g}" if rel > REL_TOL_EXACT else ""
+            )
+        return False, f"different values ({_MP.nstr(a, 12)} vs {_MP.nstr(b, 12)})"
+    checked = nonzero = 0
+    for env in _sample_points(p, g, names):
+        try:
+            a, b = _num(p, env), _num(g, env)
+        except (ZeroDivisionError, ValueError, _TooBig):
+            continue
+        if _MP.isinf(a) or _MP.isinf(b):
+            continue
+        nonzero += a != 0
+        if not _close(a, b, rel) or (rel == REL_TOL_EXACT and not _confirmed(p, g, env)):
+            return False, f"differ at {_fmt_env(env)}"
+        checked += 1
+    if checked >= 2 and not nonzero and not (_exact(p) == 0 or _exact(g) == 0):
+        return False, "both sides vanish everywhere (I(0) read as I*0?): not evidence of equality"
+    if checked >= 2:
+        return True, f"agree at {checked} random points of {', '.join(sorted(names))}"
+    if _sympy_equal(p, g):
+        return True, "sympy simplify(pred - gold) == 0"
+    return False, "could not show equality"
+
+
+def _short(v: Fraction) -> str:
+    """A fraction for a message: exact when short, else 12 significant digits (str() of a 5000-digit int raises)."""
+    if max(v.numerator.bit_length(), v.denominator.bit_length()) < 100:
+        return str(v)
+    return _MP.nstr(_MP.mpf(v.numerator) / v.denominator, 12)
+
+
+def _fmt_env(env: dict) -> str:
+    return ", ".join(f"{k}={_MP.nstr(v, 6)}" for k, v in env.items())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Structured comparison
+
+_UNORDERED = ("list", "set")
+_SCALARS = {
+    "num", "sym", "const", "neg", "add", "mul", "frac", "pow", "root", "fn", "log",
+    "abs", "floor", "ceil", "fact", "binom",
+}  # fmt: skip
+
+
+def _flip(node: tuple) -> tuple:
+    """Relations rewritten with < and <= only: "x > 3" -> "3 < x"."""
+    ops, exprs = node[1], node[2]
+    if all(o in (">", ">=") for o in ops):
+        return ("rel", tuple({">": "<", ">=": "<="}[o] for o in reversed(ops)), tuple(reversed(exprs)))
+    return node
+
+
+def _variable_like(node: tuple) -> bool:
+    """x, a_1, f(x), f(x, y), (x, y): a left-hand side that only names the answer."""
+    if node[0] == "sym" or (node[0] == "seq" and all(c[0] == "sym" for c in node[2])):
+        return True
+    return node[0] == "mul" and node[1][0][0] == "sym" and all(c[0] in ("sym", "seq") for c in node[1][1:])
+
+
+def _rhs(node: tuple) -> tuple | None:
+    """The value of "x = 5" / "x \\in [1, 2]" when the left side only names it."""
+    if node[0] == "rel" and len(node[1]) == 1 and node[1][0] in ("=", "in") and _variable_like(node[2][0]):
+        return node[2][1]
+    return None
+
+
+def _intervals(node: tuple) -> list | None:
+    """A set of reals as a list of ("seq", brackets, (lo, hi)) intervals, or None."""
+    k = node[0]
+    if k == "seq" and len(node[2]) == 2:
+        return [node]
+    if k == "union":
+        parts = [_intervals(p) for p in node[1]]
+        return None if any(p is None for p in parts) else [i for p in parts for i in p]
+    if k == "rel":
+        if _rhs(node) is not None:
+            return _intervals(_rhs(node))
+        r = _flip(node)
+        ops, exprs = r[1], r[2]
+        if not all(o in ("<", "<=") for o in ops) or len(exprs) not in (2, 3):
+            return None
+        var = [i for i, e in enumerate(exprs) if e[0] == "sym"]
+        if len(var) != 1 or _symbols(("list", exprs)) != {exprs[var[0]][1]}:
+            return None
+        inf = ("const", "inf")
+        if len(exprs) == 3 and var[0] == 1:
+            return [("seq", ("(" if ops[0] == "<" else "[") + (")" if ops[1] == "<" else "]"), (exprs[0], exprs[2]))]
+        if len(exprs) == 2 and var[0] == 1:
+            return [("seq", ("(" if ops[0] == "<" else "[") + ")", (exprs[0], inf))]
+        if len(exprs) == 2 and var[0] == 0:
+            return [("seq", "(" + (")" if ops[0] == "<" else "]"), (("neg", inf), exprs[1]))]
+        return None
+    if k == "list":
+        parts = [_intervals(p) for p in node[1]]
+        return None if any(p is None or p[0][0] != "seq" for p in parts) else [i for p in parts for i in p]
+    return None
+
+
+def _unordered_equal(ps, gs) -> bool:
+    if len(ps) != len(gs):
+        return False
+    left = list(ps)
+    for g in gs:
+        for j, p in enumerate(left):
+            if _equal(p, g)[0]:
+                del left[j]
+                break
+        else:
+            return False
+    return True
+
+
+def _ordered_equal(ps, gs) -> bool:
+    return len(ps) == len(gs) and all(_equal(p, g)[0] for p, g in zip(ps, gs))
+
+
+def _expand_pm(node: tuple) -> list:
+    """a \\pm b -> [a + b, a - b] (the first \\pm in a sum; more are expanded recursively, at most 8 values)."""
+    if node[0] != "add" or not any(t[0] == "pm" for t in node[1]):
+        return [node] if node[0] != "pm" else [node[1], ("neg", node[1])]
+    j = next(i for i, t in enumerate(node[1]) if t[0] == "pm")
+    out = []
+    for sign_term in (node[1][j][1], ("neg", node[1][j][1])):
+        terms = node[1][:j] + (sign_term,) + node[1][j + 1 :]
+        out.extend(_expand_pm(("add", terms)))
+    return out[:8]
+
+
+def _pm_list(node: tuple) -> tuple:
+    """A scalar with \\pm as the unordered list of its values; anything else unchanged."""
+    if node[0] not in ("add", "pm"):
+        return node
+    values = _expand_pm(node)
+    return node if len(values) == 1 else ("list", tuple(values))
+
+
+def _equation_equal(p: tuple, g: tuple) -> bool:
+    """lhs1 = rhs1 and lhs2 = rhs2 describe the same set: (l1 - r1) / (l2 - r2) is a non-zero constant."""
+    d1 = ("add", (p[2][0], ("neg", p[2][1])))
+    d2 = ("add", (g[2][0], ("neg", g[2][1])))
+    names = _symbols(d1) | _symbols(d2)
+    if not names:
+        return False
+    ratios = []
+    for env in _sample_points(d1, d2, names):
+        try:
+            a, b = _num(d1, env), _num(d2, env)
+        except (ZeroDivisionError, ValueError, _TooBig):
+            continue
+        if a == 0 and b == 0:  # a point on both curves says nothing about the ratio
+            continue
+        if a == 0 or b == 0:
+            return False
+        ratios.append(a / b)
+    return len(ratios) >= 2 and all(_close(r, ratios[0], 1e-20) for r in ratios)
+
+
+def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
+    """Structural comparison; scalars go to _scalar_equal."""
+    if p == g:
+        return True, "identical expressions"
+    p, g = _pm_list(p), _pm_list(g)
+    kp, kg = p[0], g[0]
+    if kp == "rel" or kg == "rel":
+        if kp == "rel" and kg == "rel":
+            fp, fg = _flip(p), _flip(g)
+            if fp[1] == fg[1] and _ordered_equal(fp[2], fg[2]):
+                return True, "same relation"
+            if fp[1] == fg[1] == ("=",):
+                return (
+                    (True, "equations differ by a constant factor")
+                    if _equation_equal(fp, fg)
+                    else (False, "different equations")
+                )
+            ip, ig = _intervals(p), _intervals(g)
+            if ip is not None and ig is not None:
+                return _equal(("union", tuple(ip)), ("union", tuple(ig)))
+            return False, "different relations"
+        rel, other = (p, g) if kp == "rel" else (g, p)
+        rhs = _rhs(rel)
+        if rhs is not None:
+            return _equal(rhs, g) if kp == "rel" else _equal(p, rhs)
+        ir, io = _intervals(rel), _intervals(other)
+        if ir is not None and io is not None:
+            return (
+                _equal(("union", tuple(ir)), ("union", tuple(io)))
+                if kp == "rel"
+                else _equal(("union", tuple(io)), ("union", tuple(ir)))
+            )
+        return False, "a relation against a value"
+    if "union" in (kp, kg):  # with a union of intervals, or inequalities joined by "or"
+        ip, ig = _intervals(p), _intervals(g)
+        if ip is None or ig is None:
+            return False, "different kinds of sets"
+        return (True, "same union of intervals") if _unordered_equal(ip, ig) else (False, "different unions")
+    if kp == "seq" and kg == "seq":
+        if p[1] != g[1]:
+            return False, f"brackets differ ({p[1]} vs {g[1]})"
+        return (True, "same tuple/interval") if _ordered_equal(p[2], g[2]) else (False, "different tuple/interval")
+    if kp in _UNORDERED and kg in _UNORDERED:
+        return (True, "same elements (any order)") if _unordered_equal(p[1], g[1]) else (False, "different elements")
+    if {kp, kg} == {"seq", "list"} and "()" in (p[1], g[1]):  # "1, 2" against "(1, 2)": same values, same order
+        ps, gs = p[-1], g[-1]
+        return (True, "same values in order") if _ordered_equal(ps, gs) else (False, "different values")
+    if kp == "matrix" or kg == "matrix":
+        ep = [c for r in p[1] for c in r] if kp == "matrix" else list(p[-1]) if kp in ("seq", "list") else None
+        eg = [c for r in g[1] for c in r] if kg == "matrix" else list(g[-1]) if kg in ("seq", "list") else None
+        if ep is None or eg is None:
+            return False, "a matrix against a non-matrix"
+        if kp == kg == "matrix" and (len(p[1]), len(p[1][0])) != (len(g[1]), len(g[1][0])):
+            return False, "matrix shapes differ"
+        if kp != kg and min(len((p if kp == "matrix" else g)[1]), len((p if kp == "matrix" else g)[1][0])) != 1:
+            return False, "a matrix against a tuple"
+        return (True, "same entries") if _ordered_equal(ep, eg) else (False, "different entries")
+    if kp == "ratio" and kg == "ratio":  # a:b = c:d when ad = bc; with a zero part, part by part (05:00 != 6:0)
+        (a, b), (c, d) = p[1], g[1]
+        if 0 in (_exact(a), _exact(b), _exact(c), _exact(d)):
+            return (True, "same ratio") if _ordered_equal(p[1], g[1]) else (False, "different ratios")
+        return _scalar_equal(("mul", (a, d)), ("mul", (b, c)))
+    if kg == "base":  # 52_8 vs 52_{8}, or the bare digits "52" (the problem asked for base 8)
+        if kp == "base":
+            return (True, "same numeral") if p[2] == g[2] and _exact(p) == _exact(g) else (False, "different numerals")
+        if kp == "num" and not p[2] and p[1].denominator == 1 and str(p[1].numerator) == (g[1].lstrip("0") or "0"):
+            return True, f"same digits in base {g[2]}"
+        return False, "different numerals"
+    if kp == "base":  # a numeral in another base against a plain gold number: its value
+        return _scalar_equal(("num", _exact(p), False), g) if _exact(p) is not None else (False, "bad numeral")
+    if kp not in _SCALARS or kg not in _SCALARS:
+        return False, f"different kinds ({kp} vs {kg})"
+    return _scalar_equal(p, g)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Decision
+
+
+@functools.lru_cache(maxsize=8192)
+def _prepare(s: str) -> tuple:
+    """(normalised string, percent?, tree or None, parse error) of one answer; cached (gold answers repeat)."""
+    if len(s) > MAX_ANSWER_CHARS:
+        return s.strip(), False, None, "too long to parse"
+    norm, percent = _normalize(s)
+    try:
+        return norm, percent, _Parser(norm).parse(), None
+    except (_ParseError, ValueError, ZeroDivisionError, RecursionError, IndexError) as e:
+        return norm, percent, None, f"cannot parse: {e}"
+
+
+def _percent_variants(node: tuple, percent: bool) -> list:
+    """A value written with % stands for itself and for value/100 ("25%" matches 25 and 0.25)."""
+    return [node, ("mul", (node, ("num", Fraction(1, 100), False)))] if percent else [node]
+
+
+def _decide(pred: str, gold: str) -> tuple[bool, str]:
+    """(verdict, reason) for two bare answers; never raises."""
+    if pred is None or gold is None:
+        return False, "missing answer"
+    pred, gold = str(pred), str(gold)
+    try:
+        np_, pp, tp, errp = _prepare(pred)
+        ng, pg, tg, errg = _prepare(gold)
+        if not ng:
+            return False, "empty gold answer"
+        if not np_:
+            return False, "empty prediction"
+        if np_ == ng and pp == pg:
+            return True, "same after normalisation"
+        mc = _mc_letters(ng, pred=False)
+        if mc is not None:
+            got = _mc_letters(np_, pred=True)
+            return (True, "same choice letters") if got == mc else (False, f"choice {''.join(sorted(mc))} expected")
+        m = _MC_PRED_RE.fullmatch(ng)
+        if m and m.group(1) and ng[3:].strip():  # gold "(B) 4": the letter, or the option's value
+            if _mc_letters(np_, pred=True) == {m.group(1)}:
+                return True, "same choice letter"
+            ok, why = _decide(pred, ng[3:].strip())
+            return ok, f"against the option's value: {why}"
+        if _has_words(ng) or _has_words(np_):
+            same = _text_key(np_) == _text_key(ng)
+            return (True, "same words") if same else (False, "different words")
+        if tg is None:
+            return False, f"gold {errg}"
+        if tp is None:
+            return False, f"prediction {errp}"
+        why = ""
+        for vp in _percent_variants(tp, pp):
+            for vg in _percent_variants(tg, pg):
+                ok, why = _equal(vp, vg)
+                if ok:
+                    return True, why + (" (percent)" if vp is not tp or vg is not tg else "")
+        return False, why
+    except _TooBig as e:
+        return False, f"too large to compare ({e})"
+    except Exception as e:  # a bug or an unforeseen input: never the caller's problem, and never "correct"
+        return False, f"error: {type(e).__name__}: {e}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hard time limit
+
+_LIMIT = threading.local()  # .active: a limit is already armed in this thread (nested public calls reuse it)
+
+
+def _limited(fn, args: tuple, timeout: float | None, default):
+    """fn(*args) under a hard wall-clock limit; `default` when it runs out or raises an unexpected Exception."""
+    if getattr(_LIMIT, "active", False) or not timeout or timeout <= 0:
+        try:
+            return fn(*args)
+        except Exception:
+            return default
+    _LIMIT.active = True
+    try:
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM"):
+            return _limited_signal(fn, args, timeout, default)
+        return _limited_thread(fn, args, timeout, default)
+    finally:
+        _LIMIT.active = False
+
+
+def _limited_signal(fn, args, timeout, default):
+    """Main thread: SIGALRM raises _Timeout between bytecodes; the caller's handler and timer are restored."""
+    armed = [True]
+
+    def on_alarm(signum, frame):
+        if armed[0]:
+            raise _Timeout
+
+    start = time.monotonic()
+    try:
+        old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    except ValueError:  # signals unavailable (e.g. an embedded interpreter): run unguarded
+        return _limited_thread(fn, args, timeout, default)
+    try:
+        try:
+            old_timer = signal.setitimer(signal.ITIMER_REAL, timeout)
+            return fn(*args)
+        finally:
+            armed[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
+            if old_timer[0] > 0:  # re-arm the caller's own timer with what was left of it
+                signal.setitimer(signal.ITIMER_REAL, max(old_timer[0] - (time.monotonic() - start), 1e-3), old_timer[1])
+    except _Timeout:
+        return default
+    except Exception:
+        return default
+
+
+def _limited_thread(fn, args, timeout, default):
+    """Other threads: a timer thread injects _Timeout into this one (PyThreadState_SetAsyncExc); cleared on exit."""
+    tid = threading.get_ident()
+    lock = threading.Lock()
+    state = {"active": True, "fired": False}
+
+    def fire():
+        with lock:
+            if state["active"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_Timeout))
+
+    timer = threading.Timer(timeout, fire)
+    timer.daemon = True
+    try:
+        try:
+            timer.start()
+            return fn(*args)
+        finally:
+            with lock:
+                state["active"] = False
+                if state["fired"]:  # a pending, not yet raised _Timeout must not escape to the caller
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
+            timer.cancel()
+    except _Timeout:
+        return default
+    except Exception:
+        return default
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def is_equivalent(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Whether the bare answer `pred` equals the bare answer `gold` (LaTeX or plain text).
+
+    False when unsure, on any error, and when the time limit runs out."""
+    return _limited(lambda: _decide(pred, gold)[0], (), timeout, False)
+
+
+def explain(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
+    """(verdict, the rule that decided it): what the command line prints."""
+    return _limited(lambda: _decide(pred, gold), (), timeout, (False, f"time limit of {timeout} s reached"))
+
+
+def _grade(response: str, gold, strict: bool, boxed_only: bool) -> bool:
+    pred = extract_answer(response, strict=strict, boxed_only=boxed_only)
+    if pred is None:
+        return False
+    golds = list(gold) if isinstance(gold, (list, tuple)) else [gold]
+    return any(_decide(pred, g)[0] for g in golds if g is not None)
+
+
+def grade(
+    response: str, gold, strict: bool = False, boxed_only: bool = False, timeout: float = DEFAULT_TIMEOUT
+) -> bool:
+    """Extract the answer of `response` and compare it with `gold` (a string, a number, or a list: any of them)."""
+    return _limited(_grade, (response, gold, strict, boxed_only), timeout, False)
+
+
+def _template_format_score(template_name: str, response: str) -> float:
+    from templates import format_score  # lazy: verify.py stays importable on its own
+
+    return float(format_score(template_name, response))
+
+
+def reward(response: str, gold, template_name: str, use_format: bool = True, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    """Reward of one response, arXiv:2602.03190v1 Sec. 3: accuracy (0/1) + the template's format score in [0, 1]."""
+    accuracy = 1.0 if grade(response, gold, timeout=timeout) else 0.0
+    fmt = _template_format_score(template_name, response) if use_format else 0.0
+    return {"accuracy": accuracy, "format": fmt, "reward": accuracy + fmt}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Batch grading over worker processes
+
+
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _send(proc, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    proc.stdin.write(len(data).to_bytes(4, "big") + data)
+    proc.stdin.flush()
+
+
+def _recv(stream):
+    header = stream.read(4)
+    if len(header) < 4:
+        raise EOFError("worker exited")
+    return pickle.loads(stream.read(int.from_bytes(header, "big")))
+
+
+def _serve() -> None:
+    """Worker process loop: read (index, args) frames on stdin, write (index, grade(...)) frames on stdout."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints go to stderr, never into the result stream
+    inp = sys.stdin.buffer
+    ready = pickle.dumps(None)
+    out.write(len(ready).to_bytes(4, "big") + ready)  # imports done: deadlines count from here
+    out.flush()
+    while True:
+        try:
+            i, args = _recv(inp)
+        except EOFError:
+            return
+        data = pickle.dumps((i, grade(*args)))
+        out.write(len(data).to_bytes(4, "big") + data)
+        out.flush()
+
+
+def _spawn_worker():
+    """A worker running this very file (its folder first on sys.path, whatever the current directory holds)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"import sys; sys.path.insert(0, {here!r}); import verify; verify._serve()"
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def _grade_many(items: list, workers: int | None, timeout: float) -> list[bool]:
+    """grade(*item) for every item, spread over worker processes; an item that overruns its limit scores False.
+
+    Each worker enforces the limit itself; the parent also kills a worker that has not answered within
+    timeout + WORKER_GRACE (C-level work that no signal can interrupt) and starts a fresh one. Workers that fail to
+    start are given up after a few tries and the rest is graded in-process. All workers are reaped before returning.
+    """
+    n = len(items)
+    workers = _default_workers() if workers is None else workers
+    if workers <= 1 or n <= 1:
+        return [grade(*it) for it in items]
+    results = [False] * n
+    todo = list(range(n - 1, -1, -1))  # popped from the end: in order
+    busy = {}  # worker -> (item index or None while starting, deadline)
+    procs, sel = [], selectors.DefaultSelector()
+    spawned = 0
+
+    def start():
+        nonlocal spawned
+        if spawned >= min(workers, n) + 8:  # workers keep dying: stop spawning, finish in-process
+            return
+        spawned += 1
+        p = _spawn_worker()
+        procs.append(p)
+        sel.register(p.stdout, selectors.EVENT_READ, p)
+        busy[p] = (None, time.monotonic() + WORKER_STARTUP)
+
+    def retire(p):
+        busy.pop(p, None)
+        sel.unregister(p.stdout)
+        p.kill()
+        p.wait()
+
+    def feed(p):
+        while todo:
+            i = todo.pop()
+            try:
+                _send(p, (i, items[i]))
+            except OSError:  # died before taking it: retry the item elsewhere
+                todo.append(i)
+                retire(p)
+                start()
+                return
+            except (pickle.PicklingError, TypeError, AttributeError):  # an unpicklable gold: grade it here
+                results[i] = grade(*items[i])
+                continue
+            busy[p] = (i, time.monotonic() + timeout + WORKER_GRACE)
+            return
+        busy.pop(p, None)  # nothing left: idle until the end
+
+    try:
+        for _ in range(min(workers, n)):
+            start()
+        while busy:
+            wait = max(0.0, min(d for _, d in busy.values()) - time.monotonic())
+            for key, _ in sel.select(timeout=wait):
+                p = key.data
+                if p not in busy:
+                    continue
+                i = busy[p][0]
+                try:
+                    msg = _recv(p.stdout)
+                except (EOFError, OSError, pickle.UnpicklingError):  # died: its item (if any) scores False
+                    retire(p)
+                    start()
+                    continue
+                if msg is not None:
+                    results[msg[0]] = bool(msg[1])
+                feed(p)
+            now = time.monotonic()
+            for p, (i, deadline) in list(busy.items()):
+                if now > deadline:  # stuck beyond any signal's reach, or never started: kill it
+                    retire(p)
+                    start()
+        for i in reversed(todo):  # only when workers could not be started
+            results[i] = grade(*items[i])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            p.stdin.close()
+            p.stdout.close()
+        sel.close()
+    return results
+
+
+def grade_batch(
+    responses: list[str], golds: list, strict: bool = False, boxed_only: bool = False, timeout: float = DEFAULT_TIMEOUT,
+    workers: int | None = None,
+) -> list[bool]:  # fmt: skip
+    """grade() over many responses, in order, spread over `workers` processes (None: all cores; 0 or 1: in-process)."""
+    if len(responses) != len(golds):
+        raise ValueError(f"grade_batch: {len(responses)} responses but {len(golds)} gold answers")
+    items = [(r, g, strict, boxed_only, timeout) for r, g in zip(responses, golds)]
+    return _grade_many(items, workers, timeout)
+
+
+def reward_batch(
+    responses: list[str], golds: list, template_names: list[str], use_format: bool = True,
+    timeout: float = DEFAULT_TIMEOUT, workers: int | None = None,
+) -> list[dict]:  # fmt: skip
+    """reward() over many responses, in order; accuracy is graded over worker processes, format scores in-process."""
+    if not (len(responses) == len(golds) == len(template_names)):
+        raise ValueError(
+            f"reward_batch: {len(responses)} responses, {len(golds)} gold answers, {len(template_names)} template names"
+        )
+    fmts = [_template_format_score(t, r) if use_format else 0.0 for r, t in zip(responses, template_names)]
+    accs = grade_batch(responses, golds, timeout=timeout, workers=workers)
+    return [{"accuracy": float(a), "format": f, "reward": float(a) + f} for a, f in zip(accs, fmts)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Is a predicted math answer equal to the gold answer? Prints the verdict and why (exit 0: equal).",
+        epilog="Answers that start with '-' go after '--':  python verify.py -- -\\frac{1}{2} -0.5",
+    )
+    ap.add_argument("pred", help="the predicted answer (or, with --response, a full model response)")
+    ap.add_argument("gold", help="the gold answer")
+    ap.add_argument("--response", action="store_true", help="PRED is a full response: extract its answer first")
+    ap.add_argument("--strict", action="store_true", help="with --response: no last-number fallback")
+    ap.add_argument("--boxed-only", action="store_true", help="with --response: only the last \\boxed{} counts")
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="time limit in seconds")
+    args = ap.parse_args(argv)
+    pred = args.pred
+    if args.response:
+        pred = extract_answer(args.pred, strict=args.strict, boxed_only=args.boxed_only)
+        print(f"extracted: {pred!r}")
+        if pred is None:
+            print("False  (no answer found in the response)")
+            return 1
+    ok, why = explain(pred, args.gold, timeout=args.timeout)
+    print(f"{ok}  ({why})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -257,23 +257,23 @@ def load_model(cfg: EvalConfig, device: str):
 
 
 def make_vllm_engine(cfg: EvalConfig):
-    """The vLLM engine (GPU path): engine.VLLMEngine(model path, tokenizer=, dtype=, seed=, max_model_len=,
-    gpu_memory_utilization=), with the same generate() as TransformersEngine. The only place eval.py builds one."""
+    """The vLLM engine (GPU path): engine_vllm.VLLMEngine, with the same generate() as TransformersEngine. --dtype auto
+    is bfloat16 (the paper's protocol; vLLM's own "auto" would run a train.py checkpoint in its saved fp32); no sleep
+    mode, as nothing else shares the GPU. The only place eval.py builds one."""
+    from engine_vllm import VLLMEngine
+
     try:
-        from engine import VLLMEngine
+        return VLLMEngine(
+            cfg.model,
+            tokenizer=cfg.tokenizer or cfg.model,
+            dtype="bfloat16" if cfg.dtype == "auto" else cfg.dtype,
+            seed=cfg.seed,
+            max_model_len=cfg.context,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enable_sleep_mode=False,
+        )
     except ImportError as e:
-        raise RuntimeError(
-            f"--engine vllm needs vLLM and engine.VLLMEngine ({e}); install the GPU extra "
-            "(pip install -e '.[gpu]') or pass --engine transformers"
-        ) from None
-    return VLLMEngine(
-        cfg.model,
-        tokenizer=cfg.tokenizer or cfg.model,
-        dtype=cfg.dtype,
-        seed=cfg.seed,
-        max_model_len=cfg.context,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-    )
+        raise RuntimeError(f"--engine vllm: {e}") from None  # its message names the install and the CPU engine
 
 
 def make_engine(cfg: EvalConfig, tokenizer):

@@ -1,0 +1,373 @@
+"""
+The vLLM rollout engine of the GPU path: the same interface as engine.TransformersEngine (generate, load_weights,
+sleep, wake_up; see engine.py), served by an in-process, colocated `vllm.LLM` that shares the GPU with the trainer.
+
+Supported vLLM: >= 0.10.2, < 0.34 (`pip install -e '.[gpu]'`). Every call below was read in the sources of 0.10.2,
+0.12.0, 0.18.0, 0.26.0 and 0.33.0; older releases lack pieces this file needs (processed log-probs, the buffers that
+sleep level 2 saves), newer ones have not been read. Outside the range the engine warns and carries on.
+
+How it is wired, and why:
+- In-process. vLLM's V1 engine runs its core in a child process by default, so the trainer's CUDA tensors could not
+  reach its model. The engine sets VLLM_ENABLE_V1_MULTIPROCESSING=0 before building `LLM`, then checks at start-up
+  that vLLM's worker really runs in this process (a clear error if not).
+- Weight sync: `LLM.apply_model(fn)` runs fn on vLLM's own nn.Module, and fn calls that module's
+  `load_weights([(hf_name, tensor), ...])` - the loader vLLM uses for checkpoints, which maps Hugging Face names onto
+  its fused q/k/v and gate/up layers and casts fp32 master weights to the engine's bf16 in place (no state-dict copy).
+  `apply_model` exists unchanged over the whole range; the newer native weight-transfer API (NCCL/IPC engines) is
+  made for trainers in other processes and is absent from the older releases. Every push is followed by
+  `reset_prefix_cache()`: cached KV blocks were computed with the old weights.
+- Sleep mode (enable_sleep_mode): sleep() frees the engine's GPU memory for the training phase. Level 1 (default)
+  keeps a CPU copy of the weights and drops the KV cache; level 2 drops both, so wake_up() re-pushes the latest weights
+  given to load_weights (the engine keeps a reference to them; it never reloads from disk after a sync).
+  load_weights() while asleep only records the weights; wake_up() wakes the weights first, pushes, then re-allocates
+  the KV cache and resets the prefix cache (`wake_up(tags=["weights"])`, push, `wake_up(tags=["kv_cache"])`).
+  vLLM's sleep allocator is one memory pool per process: sleeping one engine unmaps every engine's memory. So sleep()
+  and wake_up() act on all sleep-mode engines of the process together (AAPO's reference engine sleeps and wakes with
+  the policy engine, and resets its prefix cache too), and several such engines must all use level 1 (a level-2 sleep
+  would discard the other engines' weights and buffers).
+- Sampling matches the trainer's distribution: top_p 1 and top_k off by default, log-probs of the sampled token under
+  the processed distribution (logprobs=0 with logprobs_mode="processed_logprobs": after the vocab mask and
+  temperature), stop at EOS (and stop_token_ids) only, no sampling defaults from the model's generation_config.json.
+- Padded vocabulary (Qwen2.5: 151,936 LM-head rows over 151,665 tokenizer ids): a logit bias of -inf on the ids
+  >= vocab_limit, 271 entries per request. Not `allowed_token_ids`: vLLM's model runner V2 (the default in recent
+  releases) caps that list at 1,024 ids, and the V1 runner builds a (requests x V) mask from 151,665 ids per request.
+- Greedy (temperature 0) asks vLLM for one sample per prompt (it rejects n > 1 when greedy) and repeats it n times.
+- Seeds: prompt i of a call seeded s gets request seed s * 1,000,003 + i * n; vLLM gives its j-th sample that + j, so
+  every (prompt, sample) has its own stream and the same call replays the same samples (up to batch-dependent
+  kernel numerics, which vLLM does not pin down).
+- Text is decoded here with the Hugging Face tokenizer (vLLM's detokenizer is off), exactly as TransformersEngine does.
+"""
+
+import os
+import re
+import warnings
+import weakref
+from collections.abc import Mapping
+from functools import partial
+
+import torch
+
+from engine import Completion
+
+SUPPORTED_VLLM = ((0, 10, 2), (0, 34, 0))  # [lowest, first unsupported): the releases whose API was read (see above)
+SUPPORTED_VLLM_TEXT = "vllm>=0.10.2,<0.34"
+_SLEEPERS = weakref.WeakSet()  # the sleep-mode engines of this process: they share vLLM's sleep memory pool
+
+
+def _import_vllm():
+    """The vllm module, imported in-process mode; a clear error when it is missing, a warning outside the range."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: weights can be shared
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(
+            f"VLLMEngine needs vLLM ({SUPPORTED_VLLM_TEXT}), which is not installed or fails to import ({e}). "
+            "Install the GPU extra on a CUDA machine: pip install -e '.[gpu]' (or make gpu-setup); "
+            "on a CPU use the transformers engine."
+        ) from None
+    version = getattr(vllm, "__version__", "0")
+    if not SUPPORTED_VLLM[0] <= version_tuple(version) < SUPPORTED_VLLM[1]:
+        warnings.warn(f"vLLM {version} is outside the supported range {SUPPORTED_VLLM_TEXT}; the engine may break")
+    return vllm
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """'0.10.2rc1+cu128' -> (0, 10, 2); unparseable -> (0, 0, 0)."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return (int(m[1]), int(m[2]), int(m[3] or 0)) if m else (0, 0, 0)
+
+
+def request_seed(seed: int, index: int, n: int) -> int:
+    """Seed of prompt `index`'s request in a generate() call seeded `seed`; vLLM seeds its sample j with this + j."""
+    return (seed * 1_000_003 + index * n) % 2**62  # vLLM keeps seeds as int64
+
+
+def named_weights(model_or_state_dict) -> list[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, tensor) pairs of a transformers module or state dict: what vLLM's model.load_weights reads.
+
+    No copies: the tensors are the trainer's own (any device, any float dtype; vLLM copies and casts them).
+    A torch.compile wrapper's "_orig_mod." prefix is dropped. Tied embeddings: a module yields the shared tensor once,
+    a state dict also has lm_head.weight, which vLLM skips for tied models.
+    """
+    if isinstance(model_or_state_dict, torch.nn.Module):
+        items = model_or_state_dict.named_parameters()
+    elif isinstance(model_or_state_dict, Mapping):
+        items = model_or_state_dict.items()
+    else:
+        raise TypeError(
+            f"load_weights takes a torch.nn.Module or a state dict, not {type(model_or_state_dict).__name__}"
+        )
+    return [(name.replace("_orig_mod.", ""), tensor.detach()) for name, tensor in items]
+
+
+def _load_into(weights: list[tuple[str, torch.Tensor]], model) -> list[str]:
+    """Runs on vLLM's worker (in this process): copy `weights` into vLLM's module `model`.
+
+    Returns the vLLM parameters the weights did not reach, the check vLLM's own checkpoint loader makes
+    (models that do not report what they loaded return None: nothing to check).
+    """
+    with torch.no_grad():
+        loaded = model.load_weights(weights)
+    if not isinstance(loaded, set):
+        return []
+    return sorted({name for name, _ in model.named_parameters()} - loaded)
+
+
+def _worker_pid(model) -> int:
+    """Runs on vLLM's worker: its process id (the in-process check)."""
+    return os.getpid()
+
+
+class VLLMEngine:
+    """Rollouts from an in-process vLLM `LLM` colocated with the trainer (see the module docstring).
+
+    model: Hugging Face model directory or hub name (config.json is all that load_format="dummy" reads).
+    tokenizer: a tokenizer object or its directory/name (default: model); decodes the responses.
+    dtype: vLLM's weight and activation dtype ("bfloat16" as the papers; "auto" takes the config's).
+    gpu_memory_utilization: share of the whole GPU's memory this engine may take (weights + activations + KV cache);
+        the trainer's resident state and any second engine must fit in the rest.
+    max_model_len: longest prompt + response in tokens (the paper: 1024 + 3072 = 4096).
+    seed: vLLM's global seed (requests seeded by generate() do not depend on it).
+    vocab_limit: ids >= it are never sampled (default: len(tokenizer) when the model's vocab is larger, else none).
+    stop_token_ids: ids that end a response (default: the tokenizer's and the model config's EOS, as engine.py).
+    sleep_level: 1 (weights parked in CPU memory during sleep) or 2 (weights dropped, re-pushed on wake_up; saves the
+        CPU copy, needs load_weights to have been called).
+    enable_sleep_mode: False makes sleep()/wake_up() no-ops (the engine keeps its memory; e.g. eval only).
+    load_format: "auto" reads the checkpoint; "dummy" skips the disk read when load_weights follows right away.
+    enforce_eager: no CUDA graphs (faster start, slower decoding; tests).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer=None,
+        dtype: str = "bfloat16",
+        gpu_memory_utilization: float = 0.4,
+        max_model_len: int = 4096,
+        seed: int = 0,
+        vocab_limit: int | None = None,
+        stop_token_ids: list[int] | None = None,
+        sleep_level: int = 1,
+        enable_sleep_mode: bool = True,
+        load_format: str = "auto",
+        enforce_eager: bool = False,
+    ):
+        if sleep_level not in (1, 2):
+            raise ValueError(f"sleep_level = {sleep_level}: vLLM sleep levels are 1 (offload weights) or 2 (drop them)")
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization = {gpu_memory_utilization}: a share of GPU memory in (0, 1]")
+        if max_model_len < 2:
+            raise ValueError(f"max_model_len = {max_model_len}: need room for a prompt and a response")
+        if enable_sleep_mode and _SLEEPERS:
+            if sleep_level != 1 or any(e.sleep_level != 1 for e in _SLEEPERS):
+                raise ValueError(
+                    "several sleep-mode vLLM engines in one process share one sleep memory pool and must all use "
+                    "sleep_level=1 (level 2 would discard the other engines' weights)"
+                )
+            if any(e._asleep for e in _SLEEPERS):
+                raise RuntimeError("build every vLLM engine before the first sleep(): another engine is asleep")
+        vllm = _import_vllm()
+        from transformers import AutoConfig, AutoTokenizer
+
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or model))
+        config = AutoConfig.from_pretrained(str(model))
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        if vocab_limit is None and len(tokenizer) < config.vocab_size:
+            vocab_limit = len(tokenizer)  # padded LM-head rows
+        if vocab_limit is not None and not 0 < vocab_limit <= config.vocab_size:
+            raise ValueError(f"vocab_limit = {vocab_limit}: must be in 1..{config.vocab_size} (the model's vocabulary)")
+        if vocab_limit == config.vocab_size:
+            vocab_limit = None  # no padded rows: nothing to mask
+        if stop_token_ids is None:
+            stop_token_ids = _as_list(tokenizer.eos_token_id) + _as_list(getattr(config, "eos_token_id", None))
+        self.stop_token_ids = sorted(set(stop_token_ids))
+        if not self.stop_token_ids:
+            raise ValueError("no stop token: the tokenizer and model config define no EOS; pass stop_token_ids")
+        self.vllm, self.tokenizer, self.vocab_limit, self.max_model_len = vllm, tokenizer, vocab_limit, max_model_len
+        self.sleep_level, self.enable_sleep_mode, self.load_format = sleep_level, enable_sleep_mode, load_format
+        # -inf logit bias on the padded rows [vocab_limit, V): never sampled, and out of the processed log-probs
+        self.logit_bias = (
+            None if vocab_limit is None else {i: float("-inf") for i in range(vocab_limit, config.vocab_size)}
+        )
+        self.llm = vllm.LLM(
+            str(model),
+            tokenizer=getattr(tokenizer, "name_or_path", None) or str(model),
+            dtype=dtype,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_prefix_caching=True,  # the G samples of a prompt share its prefill
+            enable_sleep_mode=enable_sleep_mode,
+            logprobs_mode="processed_logprobs",  # log-probs of the distribution sampled from, not the raw logits
+            generation_config="vllm",  # no sampling defaults (top_k, max_new_tokens...) from generation_config.json
+            load_format=load_format,
+            enforce_eager=enforce_eager,
+        )
+        pids = self.llm.apply_model(_worker_pid)
+        if any(pid != os.getpid() for pid in pids):
+            raise RuntimeError(
+                "vLLM's worker runs in another process, so the trainer's weights cannot be pushed into it: "
+                "VLLM_ENABLE_V1_MULTIPROCESSING must be 0 before the first vLLM engine of this process is built"
+            )
+        self._weights = None  # the latest weights given to load_weights, kept while a push may still need them
+        self._pending = False  # load_weights was called while asleep: push on wake_up
+        self._synced = load_format != "dummy"  # dummy weights are random until the first push
+        self._asleep = False
+        if enable_sleep_mode:
+            _SLEEPERS.add(self)
+
+    # ---- weight sync
+
+    def load_weights(self, model_or_state_dict) -> None:
+        """Push the trainer's current weights (call after every optimizer step), then reset the prefix cache.
+
+        While asleep the weights are recorded and pushed by wake_up() (vLLM's weight memory is not mapped then).
+        The engine keeps a reference, not a copy: a push sends what the tensors hold at that moment.
+        """
+        named_weights(model_or_state_dict)  # type check now, not at the deferred push
+        self._weights, self._pending = model_or_state_dict, True
+        if not self._asleep:
+            self._push()
+            self._reset_prefix_cache()
+
+    def _push(self) -> None:
+        """Copy the recorded weights into vLLM's module (no prefix-cache reset: the callers do it)."""
+        missing = [
+            name for names in self.llm.apply_model(partial(_load_into, named_weights(self._weights))) for name in names
+        ]
+        if missing:
+            raise RuntimeError(
+                f"weight sync left {len(missing)} vLLM parameters unchanged (e.g. {missing[:3]}): the weights given to "
+                "load_weights do not carry the model's Hugging Face parameter names"
+            )
+        self._pending, self._synced = False, True
+        if self.sleep_level == 1 or not self.enable_sleep_mode:
+            self._weights = None  # vLLM holds them now (level 1 parks them in CPU memory): free e.g. a reference copy
+
+    def _reset_prefix_cache(self) -> None:
+        if self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("vLLM refused to reset its prefix cache (requests still running?)")
+
+    # ---- memory around the training phase
+
+    def sleep(self) -> None:
+        """Free GPU memory for the training phase: this engine's and that of every other sleep-mode engine of the
+        process, which share vLLM's sleep pool (no-op without sleep mode or when asleep)."""
+        if not self.enable_sleep_mode or self._asleep:
+            return
+        group = [e for e in _SLEEPERS if not e._asleep]
+        for e in group:
+            if e.sleep_level == 2 and e._weights is None:
+                raise RuntimeError(
+                    "sleep level 2 drops the weights and this engine has none to restore them from: call "
+                    "load_weights(model) first (it is kept and re-pushed on every wake_up), or use sleep_level=1"
+                )
+        for e in group:
+            e.llm.sleep(level=e.sleep_level)  # the first call unmaps the whole pool; the others update their state
+            e._asleep = True
+
+    def wake_up(self) -> None:
+        """Re-acquire the memory of every sleeping engine: weights first, push the latest weights where needed, then
+        the KV caches, then reset the prefix caches (their KV blocks were discarded)."""
+        if not self._asleep:
+            return
+        group = [e for e in _SLEEPERS if e._asleep]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # blocks the trainer's caching allocator holds would starve vLLM's allocations
+        for e in group:
+            e.llm.wake_up(tags=["weights"])
+        for e in group:
+            if e._pending or e.sleep_level == 2:  # new weights, or level 2 dropped them
+                e._push()
+        for e in group:
+            e.llm.wake_up(tags=["kv_cache"])
+            e._asleep = False
+        for e in group:
+            e._reset_prefix_cache()
+
+    # ---- rollouts
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[list[Completion]]:
+        """n completions per prompt, [len(prompts)][n]; the contract of engine.py's module docstring."""
+        if n < 1 or max_new_tokens < 1:
+            raise ValueError(
+                f"generate needs n >= 1 and max_new_tokens >= 1 (got n={n}, max_new_tokens={max_new_tokens})"
+            )
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError(f"temperature must be >= 0 and top_p in (0, 1] (got {temperature}, {top_p})")
+        for i, p in enumerate(prompts):
+            if not 0 < len(p) < self.max_model_len:
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens: need 1 to max_model_len - 1 = {self.max_model_len - 1}"
+                )
+        if self._asleep:
+            raise RuntimeError("generate() on a sleeping engine: call wake_up() after the training phase")
+        if not self._synced:
+            raise RuntimeError("load_format='dummy' leaves random weights: call load_weights(model) before generate()")
+        greedy = temperature == 0
+        n_draw = 1 if greedy else n  # greedy samples are all the same; vLLM rejects n > 1 when greedy
+        params = [
+            self.vllm.SamplingParams(
+                n=n_draw,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,  # off (0 disables it over the whole supported range)
+                max_tokens=max_new_tokens,
+                seed=None if seed is None or greedy else request_seed(seed, i, n_draw),
+                logprobs=0,  # only the sampled token's log-prob
+                stop_token_ids=self.stop_token_ids,
+                logit_bias=self.logit_bias,
+                detokenize=False,  # decoded below with the Hugging Face tokenizer
+            )
+            for i in range(len(prompts))
+        ]
+        requests = [self.vllm.TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=progress)
+        groups = [self._completions(out, n_draw) for out in outputs]
+        if greedy:
+            groups = [[_copy(g[0]) for _ in range(n)] for g in groups]
+        return groups
+
+    def _completions(self, request_output, n: int) -> list[Completion]:
+        """vLLM's RequestOutput of one prompt -> its n Completions (token ids, sampled log-probs, finished, text)."""
+        outs = sorted(request_output.outputs, key=lambda o: o.index)
+        if len(outs) != n:
+            raise RuntimeError(f"vLLM returned {len(outs)} samples for a prompt, {n} were asked for")
+        comps = []
+        for o in outs:
+            tokens = [int(t) for t in o.token_ids]
+            if o.finish_reason not in ("stop", "length"):
+                raise RuntimeError(f"vLLM ended a sample with finish_reason={o.finish_reason!r} (expected stop/length)")
+            if o.logprobs is None or len(o.logprobs) != len(tokens):
+                raise RuntimeError("vLLM returned no log-prob for some sampled tokens (logprobs=0 asks for each one)")
+            if self.vocab_limit is not None and tokens and max(tokens) >= self.vocab_limit:
+                raise RuntimeError(f"vLLM sampled id {max(tokens)} of the padded vocabulary (>= {self.vocab_limit})")
+            logprobs = [float(position[t].logprob) for position, t in zip(o.logprobs, tokens)]
+            comps.append(Completion(tokens, logprobs, o.finish_reason == "stop", ""))
+        texts = self.tokenizer.batch_decode(
+            [c.token_ids[:-1] if c.finished else c.token_ids for c in comps], skip_special_tokens=True
+        )  # the stop token is not part of the text, as TransformersEngine
+        for c, text in zip(comps, texts):
+            c.text = text
+        return comps
+
+
+def _copy(c: Completion) -> Completion:
+    return Completion(list(c.token_ids), list(c.logprobs), c.finished, c.text)
+
+
+def _as_list(x) -> list[int]:
+    """None -> [], an int -> [int], a list -> itself."""
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [int(x)]

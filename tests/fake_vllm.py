@@ -1,0 +1,190 @@
+"""A stand-in `vllm` module for CPU tests of engine_vllm.VLLMEngine and of train.py's --engine vllm loop.
+
+It has exactly the API surface the engine calls (LLM with generate / apply_model / sleep / wake_up /
+reset_prefix_cache, SamplingParams, TokensPrompt), accepts only argument names that exist in every supported vLLM
+release (0.10.2 .. 0.33), records every call in order (LLM.log) and enforces what real vLLM would do or break on: no
+generation while asleep, with random (dummy) or dropped (level 2) weights, or with a prefix cache filled under older
+weights; no weight writes while the weight memory is asleep; n = 1 when greedy. Pushed weights are cloned, so
+LLM.generations records the weights each generate() really used.
+"""
+
+import math
+import os
+import sys
+import types
+import weakref
+
+import torch
+
+import engine_vllm
+
+# Argument names of LLM(...) and SamplingParams(...) the engine may use: each one exists in vLLM 0.10.2 and 0.33.0
+# (EngineArgs and SamplingParams fields, read in both wheels' sources).
+LLM_ARGS = {"tokenizer", "dtype", "seed", "gpu_memory_utilization", "max_model_len", "enable_prefix_caching",
+            "enable_sleep_mode", "logprobs_mode", "generation_config", "load_format", "enforce_eager"}  # fmt: skip
+SAMPLING_ARGS = {"n", "temperature", "top_p", "top_k", "max_tokens", "seed", "logprobs", "stop_token_ids",
+                 "logit_bias", "detokenize"}  # fmt: skip
+
+
+class FakeLogprob:
+    def __init__(self, logprob: float):
+        self.logprob = logprob
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs):
+        unknown = set(kwargs) - SAMPLING_ARGS
+        if unknown:
+            raise TypeError(f"SamplingParams got unexpected arguments {sorted(unknown)}")
+        self.kwargs = kwargs
+        self.__dict__.update(kwargs)
+        if kwargs.get("temperature", 1.0) == 0 and kwargs.get("n", 1) > 1:
+            raise ValueError("n must be 1 when using greedy sampling")  # as vLLM
+
+
+class FakeVLLMModel:
+    """vLLM's nn.Module as apply_model hands it over: load_weights takes (HF name, tensor) pairs, as in vLLM."""
+
+    def __init__(self, llm, param_names: list[str], tied: bool):
+        self.llm, self.param_names, self.tied = llm, param_names, tied
+
+    def named_parameters(self):
+        return [(name, None) for name in self.param_names]
+
+    def load_weights(self, weights):
+        if torch.is_grad_enabled():
+            raise RuntimeError("weights must be copied under no_grad")
+        if "weights" in self.llm.pool["asleep"]:
+            raise RuntimeError("writing weights while their memory is asleep (unmapped on a real GPU)")
+        received = {}
+        for name, tensor in weights:
+            if self.tied and name.startswith("lm_head."):
+                continue  # vLLM skips the tied head
+            received[name] = tensor.detach().clone()
+        self.llm.weights = {**(self.llm.weights or {}), **received}
+        self.llm.weights_valid = True
+        self.llm.cache_stale = True  # cached KV blocks now belong to old weights
+        self.llm.log.append("push")
+        return set(received)
+
+
+class FakeLLM:
+    """Records every call; raises where real vLLM would fail or silently return wrong samples.
+
+    Sleep memory is one pool per process, as vLLM's CuMemAllocator singleton: `pool["asleep"]` holds the tags that are
+    unmapped for every engine, while each engine's executor tracks its own view in `asleep`.
+    """
+
+    instances: list = []
+    pool: dict = {}
+    param_names: list[str] = []
+    tied = True
+    vocab_size = 0
+
+    def __init__(self, model, **kwargs):
+        unknown = set(kwargs) - LLM_ARGS
+        if unknown:
+            raise TypeError(f"LLM got unexpected arguments {sorted(unknown)}")
+        self.model_path, self.kwargs = model, kwargs
+        self.multiprocessing_env = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        self.log, self.asleep = [], set()
+        self.weights = None  # name -> tensor after a push (None: as read from disk, or dummy)
+        self.weights_valid = kwargs.get("load_format") != "dummy"
+        self.cache_stale = False
+        self.generations = []  # (prompts, params, weights at that time)
+        self.ignore_logit_bias = False
+        self.vllm_model = FakeVLLMModel(self, list(self.param_names), self.tied)
+        self.instances.append(self)
+
+    def apply_model(self, fn):
+        return [fn(self.vllm_model)]
+
+    def reset_prefix_cache(self):
+        self.log.append("reset_prefix_cache")
+        self.cache_stale = False
+        return True
+
+    def sleep(self, level=1):
+        self.log.append(("sleep", level))
+        if "weights" in self.asleep:
+            return  # vLLM: "Executor is already sleeping."
+        if level == 2 and self.pool["asleep"]:
+            raise RuntimeError("level 2 saves this engine's buffers, which another engine's sleep already unmapped")
+        if not self.pool["asleep"]:  # unmap the whole pool: every engine's weights and KV cache
+            for other in self.instances:
+                other.cache_stale = other.cache_stale or other.kwargs.get("enable_sleep_mode", False)
+                if level == 2 and other.kwargs.get("enable_sleep_mode"):
+                    other.weights_valid = False
+            self.pool["asleep"] = {"weights", "kv_cache"}
+        self.asleep = {"weights", "kv_cache"}
+        self.cache_stale = False  # vLLM clears the sleeping engine's own prefix cache
+
+    def wake_up(self, tags=None):
+        self.log.append(("wake_up", tuple(tags) if tags is not None else None))
+        if not self.asleep:
+            return  # vLLM: "Executor is not sleeping."
+        woken = set(tags) if tags is not None else {"weights", "kv_cache"}
+        self.pool["asleep"] -= woken  # maps these tags back for every engine
+        self.asleep -= woken
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+        if self.asleep or (self.pool["asleep"] and self.kwargs.get("enable_sleep_mode")):
+            raise RuntimeError(f"generate while {sorted(self.asleep | self.pool['asleep'])} asleep")
+        if not self.weights_valid:
+            raise RuntimeError("generate with random or dropped weights")
+        if self.cache_stale:
+            raise RuntimeError("generate with a prefix cache whose KV blocks are stale (new weights or discarded)")
+        assert isinstance(sampling_params, list) and len(sampling_params) == len(prompts)
+        self.log.append("generate")
+        self.generations.append((prompts, sampling_params, self.weights))
+        return [
+            self._request_output(i, p["prompt_token_ids"], sp)
+            for i, (p, sp) in enumerate(zip(prompts, sampling_params))
+        ]
+
+    def _request_output(self, i, prompt, sp):
+        outputs = []
+        for j in range(sp.n):
+            g = torch.Generator().manual_seed((sp.seed if sp.seed is not None else 1000 + i) + j)
+            banned = (
+                set() if self.ignore_logit_bias else {t for t, b in (sp.logit_bias or {}).items() if b == -math.inf}
+            )
+            allowed = [t for t in range(self.vocab_size) if t not in banned]
+            tokens, logprobs, reason = [], [], "length"
+            for step in range(sp.max_tokens):
+                if self.ignore_logit_bias and step == 0:
+                    tok = self.vocab_size - 1  # a padded id
+                elif torch.rand((), generator=g) < 0.25:
+                    tok = sp.stop_token_ids[0]
+                else:
+                    tok = allowed[int(torch.randint(len(allowed), (), generator=g))]
+                decoy = (tok + 1) % self.vocab_size
+                logprobs.append(
+                    {decoy: FakeLogprob(99.0), tok: FakeLogprob(-0.01 * (step + 1) - 0.1 * j - i)}
+                )  # decoy first
+                tokens.append(tok)
+                if tok in sp.stop_token_ids:
+                    reason = "stop"
+                    break
+            outputs.append(types.SimpleNamespace(index=j, token_ids=tokens, logprobs=logprobs, finish_reason=reason))
+        return types.SimpleNamespace(prompt_token_ids=prompt, outputs=outputs)
+
+
+def fake_tokens_prompt(prompt_token_ids):
+    return {"prompt_token_ids": prompt_token_ids}
+
+
+def install(monkeypatch, model):
+    """Put a fresh stand-in module for `model`'s architecture into sys.modules["vllm"] (restored by monkeypatch)."""
+    module = types.ModuleType("vllm")
+    module.__version__ = "0.33.0"
+    module.LLM = type("LLM", (FakeLLM,), {"instances": [], "pool": {"asleep": set()},
+                                          "tied": bool(model.config.tie_word_embeddings),
+                                          "param_names": [n for n, _ in model.named_parameters()],
+                                          "vocab_size": model.config.vocab_size})  # fmt: skip
+    module.SamplingParams = FakeSamplingParams
+    module.TokensPrompt = fake_tokens_prompt
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # the engine sets it; restored after the test
+    monkeypatch.setattr(engine_vllm, "_SLEEPERS", weakref.WeakSet())  # no engines left over from other tests
+    return module

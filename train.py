@@ -1,0 +1,1055 @@
+"""
+GRPO / Dr. GRPO / AAPO reinforcement learning for math reasoning, with prompt augmentation, in one file.
+
+Each step samples G responses for each of B prompts, rewards them with a verifier (accuracy + the template's format
+score), turns the rewards into group-relative advantages and takes a few clipped policy-gradient steps.
+
+    # the paper recipe ("DAPO w/ prompt aug" of arXiv:2602.03190v1 on Qwen2.5-Math-1.5B), one 80 GB GPU, vLLM rollouts
+    python train.py --preset 1.5b --aug --out runs/aug
+    python train.py --preset 1.5b --aug --estimator aapo --out runs/aapo-aug   # AAPO advantages (arXiv:2505.14264v2)
+    python train.py --preset 1.5b --estimator drgrpo --out runs/drgrpo         # Dr. GRPO (arXiv:2503.20783v1)
+    # a tiny model on a generated arithmetic task: RL visibly learns in a few minutes on a laptop CPU
+    python train.py --preset tiny --aug --estimator aapo --out runs/tiny
+    python plot.py runs/tiny --out runs/tiny/curves.png
+    # continue a killed run exactly where its last checkpoint left it
+    python train.py --preset tiny --aug --estimator aapo --out runs/tiny --resume
+
+Flags: `python train.py --help` (one per Config field). Outputs in --out: metrics.jsonl (one JSON line per step),
+samples.jsonl (prompt, response, reward dumps), config.json and checkpoint-<step>/ (Hugging Face format, loadable by
+transformers, vLLM and eval.py, plus trainer_state.pt with optimizer, step, RNG and AAPO-cache state).
+
+Deviations from the papers:
+ 1) --engine vllm (--preset 1.5b) samples with vLLM in this process, colocated with the trainer (engine_vllm.py); the
+    default --engine transformers (CPU) uses Hugging Face `generate` on the training module itself (engine.py). Both
+    sample the same distribution (temperature 1, top_p 1, stop at EOS, padded vocab ids masked).
+ 2) One process on one GPU (memory plan at GPU_PRESET); the paper ran verl on 8 GPUs. The batch arithmetic (128 x 8,
+    4 mini-batches of 32 prompts, token-mean over each mini-batch) is the same.
+ 3) When a rollout batch gets a single optimizer step (ppo_epochs x mini-batches = 1), the old log-probs are the
+    detached log-probs of the training forward pass instead of a separate pass: the same numbers, one pass fewer.
+ 4) DAPO dynamic sampling (off by default) drops zero-variance groups from the loss but does not draw more prompts
+    to refill the batch, as DAPO does (arXiv:2503.14476v1 Eq. 11).
+ 5) AAPO (arXiv:2505.14264v2) defaults to its own loss (REINFORCE, no ratio or clip) and advantage eps (1e-4) but
+    runs inside the prompt-augmentation recipe (lr 1e-6, 128 x 8, 4 mini-batches), not AAPO's G = 6 / 96 completions.
+    `--aapo-ref cache` (reuse per-prompt reference rewards) is this project's addition; `fresh` is the paper's.
+ 6) Grading is verify.py (a project-written grader with the papers' protocol: last \\boxed{}, then "the answer is",
+    then the last number; 5 s limit), not the papers' math_grader code.
+ 7) Mixed precision is fp32 master weights with bf16 autocast on CUDA (verl's FSDP mixed precision); CPU is fp32.
+"""
+
+import argparse
+import copy
+import inspect
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
+
+# Axis legend for shape comments: B prompts per step, G samples per prompt, T response tokens, V vocabulary.
+# A flat batch of sequences is (B*G, ...); P+T is prompt + response length of a padded sequence.
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class Config:
+    # run
+    out: str = "runs/default"  # output folder: metrics.jsonl, samples.jsonl, config.json, checkpoint-<step>/
+    preset: str = ""  # "" = the paper recipe; "tiny" = tiny CPU world from tiny.py (flags given still win)
+    seed: int = 42  # seed of data order, template draws, sampling and init
+    resume: bool = False  # continue from the latest checkpoint in --out (exactly: same metrics on CPU)
+    overwrite: bool = False  # start over in an --out that already holds a run
+    device: str = "auto"  # cuda | cpu | auto
+    bf16: bool = True  # bf16 autocast on CUDA with fp32 master weights (the paper's precision); CPU stays fp32
+    grad_ckpt: bool = False  # gradient checkpointing (memory for compute)
+    # model
+    model: str = "Qwen/Qwen2.5-Math-1.5B"  # policy init: HF hub id or local dir (arXiv:2602.03190v1 main run)
+    tokenizer: str = ""  # tokenizer id or dir; empty = --model's
+    # data
+    train_data: str = "hkust-nlp/SimpleRL-Zoo-Data"  # .jsonl/.parquet file, folder of them, or HF dataset name
+    train_subset: str = "simplelr_qwen_level3to5"  # HF dataset config (MATH level 3-5, 8,523 problems)
+    train_split: str = "train"  # HF dataset split
+    problem_field: str = "problem"  # field holding the question (falls back to "question" when absent)
+    answer_field: str = "answer"  # field holding the gold answer (a string, number or list of accepted answers)
+    max_prompt_tokens: int = 1024  # longer prompts (with the longest template) are filtered out, as in the paper
+    # templates (prompt augmentation, arXiv:2602.03190v1 Sec. 3)
+    aug: bool = False  # one random template per prompt (whole group), re-drawn every epoch
+    templates: str = "all"  # comma-separated names for --aug; "all" = the 13 paper templates (tiny: the 4 tiny ones)
+    template: str = DEFAULT_TEMPLATE  # the single template without --aug
+    use_format: bool = True  # reward = accuracy + format score; --no-use-format: accuracy only
+    reward_timeout: float = 5.0  # seconds per verification (over the limit scores 0), as the paper
+    reward_workers: int = 0  # grading processes (0 = one per CPU core, 1 = in-process)
+    # rollout
+    engine: str = "transformers"  # rollout engine: transformers (HF generate on the trainer's module) | vllm (GPU)
+    prompts_per_step: int = 128  # B: prompts per rollout batch
+    group_size: int = 8  # G: samples per prompt
+    max_new_tokens: int = 3072  # response budget; longer responses are cut (truncated)
+    temperature: float = 1.0  # sampling temperature (also used for the trainer's log-probs)
+    top_p: float = 1.0  # nucleus sampling; 1 = off, as the paper (keeps trainer and sampler distributions equal)
+    gen_batch_size: int = 256  # sequences per generate() call of the transformers engine
+    # vllm engine (engine_vllm.py; memory plan at GPU_PRESET)
+    gpu_memory_utilization: float = 0.45  # share of the GPU's memory the policy engine holds while awake
+    ref_gpu_memory_utilization: float = 0.2  # share of AAPO's reference engine (--estimator aapo, fresh or cache)
+    vllm_sleep_level: int = 1  # while training: 1 = engine weights parked in CPU RAM | 2 = dropped, re-pushed on wake
+    max_model_len: int = 0  # engine context; 0 = max(max_prompt_tokens + max_new_tokens, eval_context)
+    # advantage
+    estimator: str = "grpo"  # grpo (arXiv:2402.03300v3) | drgrpo (arXiv:2503.20783v1) | aapo (arXiv:2505.14264v2)
+    std_eps: float = 1e-6  # GRPO: A = (r - mean) / (std + eps), eps of the prompt-aug recipe
+    aapo_std: bool = True  # AAPO: divide by the group std (main runs); --no-aapo-std as its 7B runs
+    aapo_std_eps: float = 1e-4  # AAPO: eps of its code
+    aapo_delta_low: float = 0.2  # AAPO: margin clip below, clip(r - r_ref, -delta_low, delta_high)
+    aapo_delta_high: float = 0.28  # AAPO: margin clip above
+    aapo_ref: str = "fresh"  # AAPO reference rewards: fresh (G new reference samples every step, the paper) | cache
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all equal from the loss (arXiv:2503.14476v1)
+    overlong: str = "keep"  # truncated responses: keep | zero (reward 0) | mask (out of the loss, DAPO Sec. 3.4)
+    # loss
+    loss: str = "auto"  # ppo (clipped surrogate) | reinforce (AAPO's) | auto = ppo for grpo/drgrpo, reinforce for aapo
+    clip_eps_low: float = 0.2  # PPO lower clip, ratio >= 1 - eps_low (arXiv:1707.06347v2)
+    clip_eps_high: float = 0.28  # upper clip, DAPO "clip-higher" (arXiv:2503.14476v1 Eq. 10)
+    dual_clip: float = 3.0  # dual-clip c for A < 0 (arXiv:1912.09729v3 Eq. 5); 0 = off
+    log_ratio_clamp: float = 20.0  # clamp of log(pi / pi_old) before exp, as verl
+    agg: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (Dr. GRPO)
+    kl_coef: float = 0.0  # k3 KL to the initial policy (loads a reference model when > 0); the recipe: 0
+    entropy_coef: float = 0.0  # entropy bonus; the recipe: 0
+    logp_from_hidden: bool = False  # log-probs from hidden states with the chunked LM-head kernel (no T x V logits)
+    tis_cap: float = 0.0  # truncated importance sampling: loss x min(pi_old / pi_engine, C), Yao et al. 2025; 0 = off
+    # optim
+    lr: float = 1e-6  # AdamW learning rate, constant, no warm-up
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2
+    weight_decay: float = 0.01  # AdamW weight decay
+    grad_clip: float = 1.0  # max global gradient norm
+    mini_batch_prompts: int = 32  # prompts per optimizer step (128 / 32 = 4 steps per rollout batch)
+    ppo_epochs: int = 1  # passes over each rollout batch
+    micro_batch_size: int = 8  # sequences per forward/backward pass (gradient accumulation; no effect on the math)
+    micro_batch_tokens: int = 0  # micro-batches by token budget (rows x padded width <= N) instead; 0 = off
+    # schedule
+    epochs: int = 60  # passes over the training data (66 steps/epoch x 60 = 3,960 steps in the paper)
+    max_steps: int = 0  # stop after this many steps (0 = epochs x steps per epoch)
+    # eval (greedy, default template; eval.py's protocol and grader)
+    eval_every: int = 20  # evaluate every N steps (and before the first and after the last); 0 = never
+    eval_data: str = ""  # held-out .jsonl/.parquet/HF dataset (problem/answer fields); empty = eval.py benchmarks
+    eval_benchmarks: str = "math500"  # eval.py benchmark names (comma-separated) when --eval-data is empty
+    eval_data_dir: str = ""  # folder of <benchmark>.jsonl for those; empty = eval.py's HF dataset
+    eval_limit: int = 0  # questions per benchmark (0 = all)
+    eval_template: str = DEFAULT_TEMPLATE  # template of the evaluation (the paper: qwen-math)
+    eval_max_new_tokens: int = 3000  # eval response budget (the paper: 3000)
+    eval_context: int = 4096  # eval prompt + response tokens (the paper: 4096)
+    # logging
+    save_every: int = 20  # checkpoint every N steps (and at the end); 0 = only at the end
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk (0 = all)
+    samples_every: int = 20  # dump a few (prompt, response, reward) rows every N steps
+    num_samples: int = 4  # rows per dump
+    progress: bool = True  # progress bars for generation and evaluation
+    wandb_project: str = ""  # log to Weights & Biases under this project when wandb is installed
+    tensorboard: bool = False  # also write TensorBoard events to --out/tb when tensorboard is installed
+
+
+# --preset tiny: a ~0.9M-parameter Qwen2 on two-digit arithmetic (tiny.py); model and data paths are filled in later.
+TINY_PRESET = dict(
+    template=TINY_DEFAULT_TEMPLATE, eval_template=TINY_DEFAULT_TEMPLATE, templates="tiny", device="cpu",
+    prompts_per_step=16, group_size=8, max_new_tokens=40, eval_max_new_tokens=40, eval_context=256,
+    max_prompt_tokens=200, gen_batch_size=512, lr=2e-4, mini_batch_prompts=8, micro_batch_size=128, max_steps=100,
+    epochs=1000, eval_every=10, save_every=20, samples_every=20, reward_workers=1, progress=False, weight_decay=0.0,
+    model="", train_data="", eval_data="",  # empty: filled with the cached tiny world (tiny.prepare) at start-up
+)  # fmt: skip
+
+# --preset 1.5b: the paper's run on one 80 GB GPU. Memory plan (estimates, unmeasured): the trainer keeps fp32 master
+# weights (1.54B x 4 B = 6.2 GB) and AdamW's two moments (12.3 GB) all run long; gradients (6.2 GB), autocast's bf16
+# weight copies (3.1 GB) and activations exist only while training, when the vLLM engines sleep (level 1: weights in
+# CPU RAM, KV cache dropped). Rollouts: trainer 18.5 GB + policy engine 0.45 x 80 = 36 GB (bf16 weights 3.1 GB, then
+# activations and ~1M tokens of KV cache at 28 KB/token) + AAPO's reference engine 0.2 x 80 = 16 GB = 70.5 GB; the rest
+# is for CUDA contexts and fragmentation. Training: 28 GB + one micro-batch of <= 32,768 tokens (= 8 sequences x 4,096,
+# the worst case of --micro-batch-size 8): gradient checkpointing keeps one bf16 hidden state per layer (28 x 32,768 x
+# 1,536 x 2 B = 2.8 GB) plus one layer's recomputation; logp_from_hidden never builds the 20 GB fp32 T x V logits.
+GPU_PRESET = dict(engine="vllm", device="cuda", bf16=True, grad_ckpt=True, logp_from_hidden=True,
+                  micro_batch_tokens=32768, gpu_memory_utilization=0.45, ref_gpu_memory_utilization=0.2)  # fmt: skip
+
+
+def field_help() -> dict[str, str]:
+    """The trailing comment of each Config field (read from this file's source), used as its --help text."""
+    pattern = re.compile(r"\s+(\w+): [^=]+=.*?  # (.*)$")
+    return {m.group(1): m.group(2) for line in inspect.getsource(Config).splitlines() if (m := pattern.match(line))}
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Config from the command line: defaults < preset < flags given. One --flag per field (--no-flag for booleans)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    helps = field_help()
+    for f in fields(Config):  # SETUP: a short argparse loop instead of a CLI dependency
+        flag, text = "--" + f.name.replace("_", "-"), f"{helps.get(f.name, '')} [default: {f.default}]"
+        if f.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, type=f.type, default=argparse.SUPPRESS, help=text, metavar=f.type.__name__.upper())
+    given = vars(parser.parse_args(argv))
+    presets, cfg = {"": {}, "tiny": TINY_PRESET, "1.5b": GPU_PRESET}, Config(preset=given.get("preset", ""))
+    if cfg.preset not in presets:
+        raise ValueError(f"--preset {cfg.preset!r}: expected tiny or 1.5b (or no preset for the paper recipe)")
+    return check_config(replace(cfg, **{**presets[cfg.preset], **given}))
+
+
+def check_config(cfg: Config) -> Config:
+    """Clear errors for flag values that cannot work."""
+    choices = dict(estimator=("grpo", "drgrpo", "aapo"), loss=("auto", "ppo", "reinforce"), aapo_ref=("fresh", "cache"),
+                   agg=("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
+                   overlong=("keep", "zero", "mask"), engine=("transformers", "vllm"), device=("auto", "cpu", "cuda"),
+                   vllm_sleep_level=(1, 2))  # fmt: skip
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: expected one of {', '.join(map(str, allowed))}")
+    if cfg.group_size < 2:
+        raise ValueError(f"--group-size {cfg.group_size}: group-relative advantages need at least 2 samples per prompt")
+    if cfg.prompts_per_step % cfg.mini_batch_prompts:
+        raise ValueError(f"--mini-batch-prompts {cfg.mini_batch_prompts} must divide --prompts-per-step {cfg.prompts_per_step}")
+    positive = ("prompts_per_step", "max_new_tokens", "mini_batch_prompts", "micro_batch_size", "ppo_epochs", "lr")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
+    if cfg.tis_cap < 0 or cfg.micro_batch_tokens < 0:
+        raise ValueError("--tis-cap and --micro-batch-tokens must be >= 0 (0 = off)")
+    if cfg.engine == "vllm":
+        model_len(cfg)  # raises when --max-model-len is too short
+    if cfg.engine == "vllm" and cfg.estimator == "aapo" and cfg.vllm_sleep_level != 1:
+        raise ValueError("--vllm-sleep-level 2 drops every engine's weights: AAPO's reference engine needs level 1")
+    if cfg.preset != "tiny" and not (cfg.model and cfg.train_data):
+        raise ValueError("--model and --train-data must not be empty")
+    if cfg.temperature <= 0:
+        raise ValueError("--temperature must be > 0 for RL rollouts (greedy samples give zero-variance groups)")
+    for name in [cfg.template, cfg.eval_template] + (template_names(cfg) if cfg.aug else []):
+        if name not in TEMPLATES and name not in TINY_TEMPLATES:
+            raise ValueError(f"unknown template {name!r}; known: {', '.join([*TEMPLATES, *TINY_TEMPLATES])}")
+    return cfg
+
+
+def model_len(cfg: Config) -> int:
+    """vLLM's max_model_len: --max-model-len, or the longest rollout and evaluation (prompt + response tokens)."""
+    need = max(cfg.max_prompt_tokens + cfg.max_new_tokens, cfg.eval_context * (cfg.eval_every > 0))
+    if 0 < cfg.max_model_len < need:
+        raise ValueError(f"--max-model-len {cfg.max_model_len}: prompts + responses (and --eval-context) need {need}")
+    return cfg.max_model_len or need
+
+
+def loss_kind(cfg: Config) -> str:
+    """ALGO: each estimator's paper loss unless --loss says otherwise."""
+    return cfg.loss if cfg.loss != "auto" else ("reinforce" if cfg.estimator == "aapo" else "ppo")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Utilities
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def print0(*args) -> None:
+    """Print (rank 0 only once the loop becomes distributed)."""
+    print(*args, flush=True)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+class Trackers:
+    """Optional wandb / TensorBoard sinks (no-ops when not asked for or not installed)."""
+
+    def __init__(self, cfg: Config, run_name: str):
+        self.sinks = []
+        if cfg.wandb_project:
+            try:
+                import wandb
+
+                run = wandb.init(project=cfg.wandb_project, name=run_name, config=asdict(cfg), resume="allow")
+                self.sinks.append(lambda metrics, step: run.log(metrics, step=step))
+            except ImportError:
+                print0("wandb is not installed: --wandb-project ignored")
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(Path(cfg.out) / "tb"))
+                self.sinks.append(lambda m, step: [writer.add_scalar(k, v, step) for k, v in m.items() if _is_num(v)])
+            except ImportError:
+                print0("tensorboard is not installed: --tensorboard ignored")
+
+    def log(self, metrics: dict, step: int) -> None:
+        for sink in self.sinks:
+            sink(metrics, step)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data & templates
+
+
+def read_rows(source: str, subset: str = "", split: str = "train") -> list[dict]:
+    """Raw rows of a .jsonl / .json / .parquet file, a folder of such files, or a Hugging Face dataset name."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
+        if not files:
+            raise FileNotFoundError(f"{source}: folder holds no .jsonl/.json/.parquet files")
+        return [row for p in files for row in read_rows(str(p))]
+    if path.suffix in (".jsonl", ".json"):
+        if not path.is_file():
+            raise FileNotFoundError(f"data file {source} not found")
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                try:
+                    rows.append(json.loads(line)) if line.strip() else None
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{source} line {lineno}: not valid JSON ({e.msg})") from None
+        return rows
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            raise FileNotFoundError(f"data file {source} not found")
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise RuntimeError(f"reading {source} needs pyarrow (pip install pyarrow)") from None
+        return pq.read_table(path).to_pylist()
+    if path.exists() or source.startswith((".", "/")):
+        raise ValueError(f"{source}: expected a .jsonl, .json or .parquet file, a folder of them, or a dataset name")
+    try:
+        import datasets
+    except ImportError:
+        raise RuntimeError(f"{source} is not a local file, and loading it from the HF hub needs `datasets`") from None
+    return [dict(r) for r in datasets.load_dataset(source, subset or None, split=split)]
+
+
+def clean_rows(raw: list[dict], problem_field: str, answer_field: str, source: str) -> tuple[list[dict], int]:
+    """[{"problem", "answer"}] from raw rows; rows with a missing or empty problem or answer are skipped and counted.
+
+    The answer may be a string, a number or a list of accepted answers (kept as a list of strings).
+    """
+    if raw and not any(problem_field in r or "question" in r for r in raw):
+        raise ValueError(f"{source}: no row has the field {problem_field!r}; fields of row 0: {sorted(raw[0])}")
+    if raw and not any(answer_field in r for r in raw):
+        raise ValueError(f"{source}: no row has the field {answer_field!r}; fields of row 0: {sorted(raw[0])}")
+    rows, skipped = [], 0
+    for r in raw:
+        problem = r.get(problem_field, r.get("question")) if isinstance(r, dict) else None
+        answer = r.get(answer_field) if isinstance(r, dict) else None
+        answers = [str(a).strip() for a in (answer if isinstance(answer, list) else [answer]) if a is not None]
+        answers = [a for a in answers if a]
+        if not isinstance(problem, str) or not problem.strip() or not answers:
+            skipped += 1
+            continue
+        rows.append({"problem": problem, "answer": answers[0] if len(answers) == 1 else answers})
+    return rows, skipped
+
+
+def template_names(cfg: Config) -> list[str]:
+    """The templates drawn from with --aug ("all": the paper's 13; "tiny": the tiny preset's 4)."""
+    if cfg.templates == "all":
+        return list(TEMPLATES)
+    if cfg.templates == "tiny":
+        return list(TINY_TEMPLATES)
+    return [t.strip() for t in cfg.templates.split(",") if t.strip()]
+
+
+def filter_long_prompts(rows: list[dict], tokenizer, names: list[str], max_tokens: int) -> tuple[list[dict], int]:
+    """Drop rows whose prompt exceeds max_tokens with any of the templates in use (each may be drawn)."""
+    longest = [0] * len(rows)
+    for name in names:
+        ids = tokenizer([render(name, r["problem"]) for r in rows], add_special_tokens=False)["input_ids"]
+        longest = [max(a, len(b)) for a, b in zip(longest, ids)]
+    kept = [r for r, n in zip(rows, longest) if n <= max_tokens]
+    return kept, len(rows) - len(kept)
+
+
+def batch_indices(step: int, num_rows: int, batch: int, seed: int) -> tuple[int, list[int]]:
+    """(epoch, dataset indices) of a step: a fresh permutation per epoch, a function of (seed, step) only, so that a
+    resumed run sees exactly the data order of the uninterrupted one. An incomplete last batch is dropped."""
+    steps_per_epoch = num_rows // batch
+    epoch, k = divmod(step, steps_per_epoch)
+    order = list(range(num_rows))
+    random.Random(f"data/{seed}/{epoch}").shuffle(order)
+    return epoch, order[k * batch : (k + 1) * batch]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model & tokenizer
+
+
+def load_model_and_tokenizer(cfg: Config, device: torch.device):
+    """The policy (fp32 master weights) and its tokenizer; a clear error when either cannot be loaded."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model)
+        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001
+        raise RuntimeError(f"cannot load --model {cfg.model!r}: {type(e).__name__}: {e}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.grad_ckpt:
+        model.gradient_checkpointing_enable()
+    return model.to(device), tokenizer
+
+
+def vocab_limit(model, tokenizer) -> int | None:
+    """Ids >= len(tokenizer) are padded LM-head rows (Qwen2.5: 151,665 ids, 151,936 rows): never sampled."""
+    return len(tokenizer) if len(tokenizer) < model.config.vocab_size else None
+
+
+def frozen_copy(model):
+    """The frozen initial policy: AAPO's reference sampler and the KL reference."""
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rollouts
+
+
+def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
+    """The rollout engine (engine.py interface) of the policy `model`, or with reference=True AAPO's reference engine.
+
+    transformers: HF generate on `model` itself (the reference: a frozen fp32 copy, 6.2 GB at 1.5B). vllm: an
+    in-process vllm.LLM with its own GPU share, asleep while training. The policy engine loads "dummy" weights and gets
+    the trainer's pushed at once (no disk read, the resumed weights on --resume, the per-step push used from step 0).
+    The reference engine reads --model from disk, never gets a push, and holds --ref-gpu-memory-utilization awake
+    (3.1 GB of CPU RAM asleep) all run, for --aapo-ref fresh and cache alike (cache only samples pairs never drawn)."""
+    if cfg.engine == "transformers":
+        from engine import TransformersEngine
+
+        limit = vocab_limit(model, tokenizer)
+        return TransformersEngine(model, tokenizer, batch_size=cfg.gen_batch_size, vocab_limit=limit)
+    from engine_vllm import VLLMEngine
+
+    engine = VLLMEngine(
+        cfg.model, tokenizer, dtype="bfloat16" if cfg.bf16 else "float32", seed=cfg.seed, max_model_len=model_len(cfg),
+        gpu_memory_utilization=cfg.ref_gpu_memory_utilization if reference else cfg.gpu_memory_utilization,
+        vocab_limit=vocab_limit(model, tokenizer), sleep_level=1 if reference else cfg.vllm_sleep_level,
+        load_format="auto" if reference else "dummy",
+    )  # fmt: skip
+    if not reference:
+        engine.load_weights(model)  # SETUP: awake, so pushed now (and the prefix cache reset)
+    return engine
+
+
+def rollout_seed(seed: int, step: int, stream: int) -> int:
+    """Seed of one generate() call: a function of (run seed, step, stream), so resuming replays the same samples."""
+    return (seed * 1_000_003 + step) * 4 + stream  # stream 0 policy, 1 reference, 2 cache fill
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rewards
+
+
+def score(cfg: Config, completions: list, golds: list, names: list[str]) -> dict[str, torch.Tensor]:
+    """Reward, accuracy and format of [B][G] completions, each (B, G); verify.py grades in parallel with time limits.
+
+    reward = accuracy + format score (arXiv:2602.03190v1 Sec. 3); --overlong zero gives truncated responses 0.
+    """
+    from verify import reward_batch
+
+    B, G = len(completions), len(completions[0])
+    flat = [c for group in completions for c in group]
+    out = reward_batch(
+        [c.text for c in flat],
+        [g for g in golds for _ in range(G)],
+        [n for n in names for _ in range(G)],
+        use_format=cfg.use_format,
+        timeout=cfg.reward_timeout,
+        workers=cfg.reward_workers or None,
+    )
+    res = {k: torch.tensor([o[k] for o in out], dtype=torch.float64).view(B, G) for k in ("reward", "accuracy", "format")}
+    res["truncated"] = torch.tensor([not c.finished for c in flat], dtype=torch.float64).view(B, G)
+    if cfg.overlong == "zero":  # ALGO: DAPO-style overlong penalty, the simplest form (arXiv:2503.14476v1 Sec. 3.4)
+        res["reward"] = res["reward"] * (1 - res["truncated"])
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Advantages (GRPO, Dr. GRPO, AAPO)
+
+
+def group_advantages(rewards: torch.Tensor, scale_by_std: bool, eps: float) -> torch.Tensor:
+    """Group-relative advantage: r - mean(r) per group, optionally divided by (std + eps). (B, G) -> (B, G)."""
+    adv = rewards - rewards.mean(dim=1, keepdim=True)  # (B, G)
+    if scale_by_std:
+        adv = adv / (rewards.std(dim=1, keepdim=True) + eps)  # unbiased std over the G samples, as the papers' code
+    return adv
+
+
+def aapo_margin(rewards: torch.Tensor, ref_rewards: torch.Tensor) -> torch.Tensor:
+    """AAPO advantage margin ("momentum" in v2), arXiv:2505.14264v2 Eq. (6): M_i = r_i - r_i^ref, paired by index."""
+    return rewards - ref_rewards  # (B, G)
+
+
+def compute_advantages(
+    rewards: torch.Tensor,
+    estimator: str,
+    ref_rewards: torch.Tensor | None = None,
+    std_eps: float = 1e-6,
+    aapo_std: bool = True,
+    aapo_std_eps: float = 1e-4,
+    delta_low: float = 0.2,
+    delta_high: float = 0.28,
+) -> torch.Tensor:
+    """Per-sample advantages (B, G) from rewards (B, G); every sample's tokens share its advantage.
+
+    grpo:   A_i = (r_i - mean(r)) / (std(r) + eps)          arXiv:2402.03300v3 Sec. 4.1.2 (outcome supervision)
+    drgrpo: A_i = r_i - mean(r)                              arXiv:2503.20783v1 Eq. (3): no std, no length division
+    aapo:   A~_i = A_i + clip(r_i - r_i^ref, -d_low, d_high) arXiv:2505.14264v2 Eq. (7); A_i as GRPO (eps 1e-4), or
+            r_i - mean(r) with aapo_std=False (its 7B runs). ref_rewards (B, G) come from the frozen initial policy.
+    A group whose rewards are all equal gets A = 0 (and, for AAPO, only the clipped margin).
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be (B, G) with G >= 2, got {tuple(rewards.shape)}")
+    if estimator == "grpo":
+        return group_advantages(rewards, scale_by_std=True, eps=std_eps)
+    if estimator == "drgrpo":
+        return group_advantages(rewards, scale_by_std=False, eps=0.0)
+    if estimator == "aapo":
+        if ref_rewards is None or ref_rewards.shape != rewards.shape:
+            raise ValueError("aapo needs ref_rewards shaped like rewards (B, G)")
+        base = group_advantages(rewards, scale_by_std=aapo_std, eps=aapo_std_eps)
+        return base + aapo_margin(rewards, ref_rewards).clamp(-delta_low, delta_high)  # ALGO: clipped margin
+    raise ValueError(f"unknown estimator {estimator!r}; expected grpo, drgrpo or aapo")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Log-probs & entropy
+
+
+def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """Left-pad prompts to P and right-pad responses to T, as the engine generated them.
+
+    Returns input_ids (N, P+T), attention_mask (N, P+T) and response mask (N, T) (1 on real response tokens).
+    """
+    P, T, N = max(map(len, prompts)), max(1, max(map(len, responses))), len(prompts)
+    input_ids = torch.full((N, P + T), pad_id, dtype=torch.long)  # (N, P+T)
+    attention_mask = torch.zeros((N, P + T), dtype=torch.long)  # (N, P+T)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        input_ids[i, P - len(p) : P + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        attention_mask[i, P - len(p) : P + len(r)] = 1
+    return input_ids, attention_mask, attention_mask[:, P:].clone()
+
+
+def token_logprobs(model, input_ids, attention_mask, T: int, temperature: float, limit: int | None, from_hidden: bool):
+    """Log-prob of each response token and the entropy of the full next-token distribution, both (N, T).
+
+    The last T positions of input_ids (N, P+T) are the response; the logits at positions P-1 .. P+T-2 predict them.
+    Both come from kernels/ (Triton on CUDA, the PyTorch reference on CPU) at the sampling temperature.
+    from_hidden: run the LM head inside the chunked kernel, so the (N, T, V) logits never exist (large vocabularies).
+    """
+    from kernels import logprob_entropy, logprob_entropy_from_hidden
+
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P+T) positions skip the left padding
+    targets = input_ids[:, -T:]  # (N, T)
+    if from_hidden:
+        hidden = model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        hidden = hidden.last_hidden_state[:, -T - 1 : -1]  # (N, T, H)
+        return logprob_entropy_from_hidden(hidden, model.lm_head.weight, targets, temperature, vocab_limit=limit)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1)
+    logits = out.logits[:, :-1]  # (N, T, V)
+    return logprob_entropy(logits, targets, temperature=temperature, vocab_limit=limit)  # (N, T), (N, T)
+
+
+def trim(rows: torch.Tensor, input_ids, attention_mask, resp_mask):
+    """The sequences `rows` with columns that are padding in all of them removed (left: prompt pad, right: response)."""
+    ids, am, rm = input_ids[rows], attention_mask[rows], resp_mask[rows]
+    P = input_ids.shape[1] - resp_mask.shape[1]
+    left = int((am[:, :P].sum(0) == 0).sum())  # prompt columns padded in every row
+    T = max(1, int(rm.sum(-1).max()))
+    return ids[:, left : P + T], am[:, left : P + T], T
+
+
+def token_budget_batches(lengths: list[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Micro-batches (index lists) with rows x padded width <= budget from (prompt, response) token counts; the width
+    is what trim() leaves, longest prompt + longest response. Greedy over the sequences sorted by (response, prompt)
+    length; a sequence over the budget goes alone. The order leaves the loss as is (normalised per mini-batch)."""
+    batches, cur, p_max, r_max = [], [], 0, 0
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i][1], lengths[i][0])):
+        p, r = lengths[i][0], max(1, lengths[i][1])
+        if cur and (len(cur) + 1) * (max(p_max, p) + max(r_max, r)) > budget:
+            batches.append(cur)
+            cur, p_max, r_max = [], 0, 0
+        cur, p_max, r_max = cur + [i], max(p_max, p), max(r_max, r)
+    return batches + [cur] if cur else batches
+
+
+def micro_batches(rows: torch.Tensor, lengths: list[tuple[int, int]], size: int, budget: int) -> list[torch.Tensor]:
+    """The sequences `rows` split for memory: by token budget when budget > 0, else `size` rows at a time."""
+    if budget <= 0:
+        return [rows[s : s + size] for s in range(0, len(rows), size)]
+    return [rows[b] for b in token_budget_batches([lengths[i] for i in rows.tolist()], budget)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loss
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str, n_tokens=None, n_seqs=None, max_len=None) -> torch.Tensor:
+    """Reduce per-token values x (N, T) over the mask (N, T) to a scalar, normalising once.
+
+    token-mean:              sum(x * mask) / n_tokens                  DAPO arXiv:2503.14476v1 Eq. (8)
+    seq-mean-token-mean:     sum_i [sum_t x * mask / |o_i|] / n_seqs   GRPO arXiv:2402.03300v3 Eq. (3)
+    seq-mean-token-sum-norm: sum(x * mask) / (n_seqs * max_len)        Dr. GRPO arXiv:2503.20783v1 Sec. 3.2 (constant)
+    n_tokens / n_seqs default to this batch's; pass the whole mini-batch's when x is one micro-batch of it, so the sum
+    of micro-batch losses equals the mini-batch loss (and across ranks: the global counts).
+    """
+    mask = mask.to(x.dtype)
+    n_tokens = mask.sum() if n_tokens is None else n_tokens
+    n_seqs = (mask.sum(-1) > 0).sum() if n_seqs is None else n_seqs
+    if mode == "token-mean":
+        return (x * mask).sum() / max(n_tokens, 1)
+    if mode == "seq-mean-token-mean":
+        return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / max(n_seqs, 1)
+    if mode == "seq-mean-token-sum-norm":
+        return (x * mask).sum() / (max(n_seqs, 1) * (max_len or x.shape[1]))
+    raise ValueError(f"unknown aggregation {mode!r}")
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str = "ppo",
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    dual_clip: float = 3.0,
+    log_ratio_clamp: float = 20.0,
+    agg: str = "token-mean",
+    n_tokens=None,
+    n_seqs=None,
+    max_len=None,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    is_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """Loss (a scalar to minimise) and stats from log-probs (N, T), old log-probs (N, T), advantages (N,), mask (N, T).
+
+    ppo:       r_t = pi / pi_old; obj = min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)   PPO arXiv:1707.06347v2 Eq. (7)
+               with clip-higher (DAPO arXiv:2503.14476v1 Eq. 10), and for A < 0 obj = max(obj, c A) (dual-clip,
+               arXiv:1912.09729v3 Eq. 5), so a huge ratio on a bad token cannot blow up the loss.
+    reinforce: obj = A log pi (AAPO arXiv:2505.14264v2 Eq. 8: no ratio, no clip; its "cross-entropy" form).
+    Optional: - kl_coef * k3(pi, pi_ref) (arXiv:2402.03300v3 Eq. 4) and + entropy_coef * H. is_weight (N, T), a
+    constant: per-token weight of the policy-gradient term (not of the KL or entropy terms), e.g. tis_weight().
+    """
+    adv = adv.to(logp.dtype)[:, None]  # (N, 1)
+    mask = mask.to(logp.dtype)
+    stats = {}
+    if kind == "ppo":
+        ratio = torch.exp((logp - old_logp).clamp(-log_ratio_clamp, log_ratio_clamp))  # (N, T)
+        surr = ratio * adv
+        surr_clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
+        pessimistic = torch.minimum(surr, surr_clipped)  # (N, T)
+        obj = pessimistic
+        if dual_clip > 0:
+            obj = torch.where(adv < 0, torch.maximum(obj, dual_clip * adv), obj)  # ALGO: dual-clip lower bound
+        clipped = (surr_clipped < surr) | (obj > pessimistic)  # PPO-clipped or dual-clipped tokens
+        stats["clip_frac"] = ((clipped.to(mask.dtype) * mask).sum() / mask.sum().clamp(min=1)).item()
+    elif kind == "reinforce":
+        obj = adv * logp  # (N, T)
+        stats["clip_frac"] = 0.0
+    else:
+        raise ValueError(f"unknown loss {kind!r}; expected ppo or reinforce")
+    if is_weight is not None:
+        obj = obj * is_weight  # ALGO: TIS correction of the rollout / trainer mismatch
+    if kl_coef > 0:
+        log_r = ref_logp - logp
+        kl = torch.exp(log_r) - log_r - 1  # k3 estimator of KL(pi || pi_ref), always >= 0
+        obj = obj - kl_coef * kl
+        stats["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1)).item()
+    if entropy_coef > 0:
+        obj = obj + entropy_coef * entropy
+    pg_obj = aggregate(obj, mask, agg, n_tokens, n_seqs, max_len)
+    return -pg_obj, stats  # one sign flip: maximise the objective
+
+
+def tis_weight(old_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TIS weight w = min(pi_old / pi_engine, C) per token (N, T), and where it is truncated (N, T): reweights towards
+    the trainer's distribution the samples of an engine whose kernels (bf16 vLLM) differ. Yao et al. 2025, "Your
+    Efficient RL Framework Secretly Brings You Off-Policy RL Training" (fengyao.notion.site/off-policy-rl), TIS."""
+    ratio = torch.exp(old_logp - engine_logp)  # (N, T); inf on overflow, truncated to C below
+    return ratio.clamp(max=cap), ratio > cap
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Eval
+
+
+def load_eval_rows(cfg: Config) -> list[dict]:
+    """Held-out questions as eval.py rows {"benchmark", "id", "problem", "answers"}."""
+    import eval as evaluation
+
+    if cfg.eval_data:
+        rows, _ = clean_rows(read_rows(cfg.eval_data, split="test"), cfg.problem_field, cfg.answer_field, cfg.eval_data)
+        rows = rows[: cfg.eval_limit or None]
+        return [
+            {"benchmark": "heldout", "id": f"heldout-{i}", "problem": r["problem"], "answers": _as_list(r["answer"])}
+            for i, r in enumerate(rows)
+        ]
+    names = [b.strip() for b in cfg.eval_benchmarks.split(",") if b.strip()]
+    return [row for b in names for row in evaluation.load_benchmark(b, cfg.eval_data_dir or None, limit=cfg.eval_limit)]
+
+
+def run_eval(cfg: Config, engine, tokenizer, rows: list[dict]) -> dict:
+    """Greedy accuracy with the eval template, graded exactly as eval.py does (boxed answer, verify.grade_batch)."""
+    import eval as evaluation
+
+    records = evaluation.evaluate(
+        engine, tokenizer, rows, template=cfg.eval_template, max_new_tokens=cfg.eval_max_new_tokens,
+        context=cfg.eval_context, temperature=0.0, seed=cfg.seed, timeout=cfg.reward_timeout,
+        workers=cfg.reward_workers or None, progress=cfg.progress,
+    )  # fmt: skip
+    per_bench = evaluation.score(records)
+    metrics = {"eval/accuracy": evaluation.summarize(per_bench)["micro"] / 100}  # question-weighted
+    if len(per_bench) > 1:
+        metrics.update({f"eval/{b}": r["accuracy"] / 100 for b, r in per_bench.items()})
+    metrics["eval/response_len"] = sum(r["tokens"] for r in records) / max(len(records), 1)
+    return metrics
+
+
+def _as_list(answer) -> list[str]:
+    return answer if isinstance(answer, list) else [answer]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(out: Path, step: int, model, tokenizer, optimizer, extra: dict, keep: int) -> Path:
+    """checkpoint-<step>/: HF model + tokenizer, and trainer_state.pt; written to a temp dir, then renamed (atomic)."""
+    final, tmp = out / f"checkpoint-{step}", out / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng, **extra}, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    if keep > 0:
+        for old in sorted(checkpoints(out))[:-keep]:
+            shutil.rmtree(old[1], ignore_errors=True)
+    return final
+
+
+def checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in out, as (step, path) sorted by step."""
+    found = [(int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*") if (p / "trainer_state.pt").exists()]
+    return sorted(found)
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the lines of metrics/samples files up to last_step: a resumed run rewrites what came after."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= last_step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training loop
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(argv)
+    out = Path(cfg.out)
+    if (out / "metrics.jsonl").exists() and not (cfg.resume or cfg.overwrite):
+        raise SystemExit(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
+    if cfg.overwrite and not cfg.resume:
+        for p in [out / "metrics.jsonl", out / "samples.jsonl", *(p for _, p in checkpoints(out))]:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.preset == "tiny":  # SETUP: the tiny world (warm-started model + data), built once and cached by tiny.py
+        import tiny
+
+        world = tiny.prepare(log=print0)
+        cfg = replace(cfg, model=cfg.model or world["model"], train_data=cfg.train_data or world["train"],
+                      eval_data=cfg.eval_data or world["eval"])  # fmt: skip
+    resume_from = checkpoints(out)[-1] if cfg.resume and checkpoints(out) else None
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    kind, names = loss_kind(cfg), (template_names(cfg) if cfg.aug else [cfg.template])
+    run_name = f"{cfg.estimator}-{kind}{'-aug' if cfg.aug else ''}-{cfg.agg}-s{cfg.seed}"
+    print0(f"run {run_name}\n| param | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items()))
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    # SETUP: model, tokenizer, engines. The policy's initial weights are also AAPO's frozen reference (vllm: from disk).
+    model, tokenizer = load_model_and_tokenizer(cfg, device)
+    limit = vocab_limit(model, tokenizer)
+    need_ref = (cfg.estimator == "aapo" and cfg.engine == "transformers") or cfg.kl_coef > 0
+    ref_model = frozen_copy(model) if need_ref else None  # before any resume: the reference is the initial policy
+    if resume_from:
+        from transformers import AutoModelForCausalLM
+
+        state = AutoModelForCausalLM.from_pretrained(resume_from[1], dtype=torch.float32).state_dict()
+        model.load_state_dict(state)
+    engine = make_engine(cfg, model, tokenizer)  # vLLM: every engine is built before the first sleep
+    ref_engine = None
+    if cfg.estimator == "aapo":  # vllm: the policy only lends its config (the reference engine reads --model)
+        ref_engine = make_engine(cfg, model if ref_model is None else ref_model, tokenizer, reference=True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
+
+    # SETUP: data
+    raw = read_rows(cfg.train_data, cfg.train_subset, cfg.train_split)
+    rows, n_bad = clean_rows(raw, cfg.problem_field, cfg.answer_field, cfg.train_data)
+    rows, n_long = filter_long_prompts(rows, tokenizer, names, cfg.max_prompt_tokens)
+    if len(rows) < cfg.prompts_per_step:
+        raise ValueError(f"{cfg.train_data}: {len(rows)} usable rows, fewer than --prompts-per-step {cfg.prompts_per_step}")
+    steps_per_epoch = len(rows) // cfg.prompts_per_step
+    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or 10**12)
+    print0(f"data: {len(raw)} rows, {n_bad} skipped (missing problem/answer), {n_long} filtered (prompt > "
+           f"{cfg.max_prompt_tokens} tokens), {len(rows)} used; {steps_per_epoch} steps/epoch, {total_steps} steps")  # fmt: skip
+    eval_rows = load_eval_rows(cfg) if cfg.eval_every > 0 else []
+
+    start, ref_cache = 0, {}  # ref_cache: (row index, template) -> G reference rewards (--aapo-ref cache)
+    if resume_from:
+        state = torch.load(resume_from[1] / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        start, ref_cache = state["step"], state["ref_cache"]
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            truncate_jsonl(out / name, start)
+        print0(f"resumed from {resume_from[1]} at step {start}")
+    trackers = Trackers(cfg, run_name)
+    if cfg.eval_every > 0 and start == 0:  # the "before" point of every curve
+        t0 = time.time()
+        metrics = {"step": 0, **run_eval(cfg, engine, tokenizer, eval_rows), "time/eval": time.time() - t0}
+        append_jsonl(out / "metrics.jsonl", metrics)
+        trackers.log(metrics, 0)
+        print0(f"step {0:5d} | eval acc {metrics['eval/accuracy']:.3f}")
+
+    B, G = cfg.prompts_per_step, cfg.group_size
+    n_updates = cfg.ppo_epochs * (B // cfg.mini_batch_prompts)
+    for step in range(start, total_steps):
+        t_step = time.time()
+        timing = {}
+        # ---- rollouts: one template per prompt (the whole group shares it), G samples each
+        epoch, idx = batch_indices(step, len(rows), B, cfg.seed)
+        tmpl = [draw_template(cfg.seed, epoch, i, names) if cfg.aug else cfg.template for i in idx]  # ALGO: aug
+        prompt_ids = [tokenizer.encode(render(t, rows[i]["problem"]), add_special_tokens=False) for t, i in zip(tmpl, idx)]
+        golds = [rows[i]["answer"] for i in idx]
+        t0 = time.time()
+        comps = engine.generate(prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                seed=rollout_seed(cfg.seed, step, 0), progress=cfg.progress)  # [B][G] fmt: skip
+        ref_comps, ref_rows = [], []  # AAPO reference samples to grade: fresh every step, or once per (prompt, template)
+        if cfg.estimator == "aapo":
+            ref_rows = [b for b in range(B) if cfg.aapo_ref == "fresh" or (idx[b], tmpl[b]) not in ref_cache]
+            if ref_rows:
+                ref_comps = ref_engine.generate([prompt_ids[b] for b in ref_rows], G, cfg.max_new_tokens,
+                                                cfg.temperature, cfg.top_p, seed=rollout_seed(cfg.seed, step, 1))  # fmt: skip
+        timing["time/generate"] = time.time() - t0
+
+        # ---- rewards (policy and reference samples graded in one parallel batch)
+        t0 = time.time()
+        res = score(cfg, comps + ref_comps, golds + [golds[b] for b in ref_rows], tmpl + [tmpl[b] for b in ref_rows])
+        res, ref_res = {k: v[:B] for k, v in res.items()}, {k: v[B:] for k, v in res.items()}
+        rewards = res["reward"]  # (B, G)
+        ref_rewards = None
+        if cfg.estimator == "aapo":
+            for j, b in enumerate(ref_rows):
+                ref_cache[(idx[b], tmpl[b])] = ref_res["reward"][j].tolist()
+            ref_rewards = torch.tensor([ref_cache[(i, t)] for i, t in zip(idx, tmpl)], dtype=torch.float64)  # (B, G)
+            if cfg.aapo_ref == "fresh":
+                ref_cache.clear()  # fresh samples each step: nothing is kept
+        timing["time/reward"] = time.time() - t0
+
+        # ---- advantages
+        adv = compute_advantages(rewards, cfg.estimator, ref_rewards, cfg.std_eps, cfg.aapo_std, cfg.aapo_std_eps,
+                                 cfg.aapo_delta_low, cfg.aapo_delta_high)  # (B, G) fmt: skip
+        zero_var = rewards.std(dim=1) == 0  # (B,)
+        keep = torch.ones(B, G)  # (B, G) sequences that enter the loss
+        if cfg.dynamic_sampling:  # ALGO: DAPO dynamic sampling, without refilling (deviation 4)
+            keep[zero_var] = 0
+        if cfg.overlong == "mask":  # ALGO: overlong filtering, DAPO Sec. 3.4
+            keep = keep * (1 - res["truncated"].float())
+
+        # ---- batch tensors: sequence b*G + g is sample g of prompt b
+        responses = [c.token_ids for group in comps for c in group]
+        seq_prompts = [p for p in prompt_ids for _ in range(G)]
+        input_ids, attn, resp_mask = pad_batch(seq_prompts, responses, tokenizer.pad_token_id)
+        seq_lens = [(len(p), len(r)) for p, r in zip(seq_prompts, responses)]  # for --micro-batch-tokens
+        N, T = resp_mask.shape  # N = B*G
+        loss_mask = resp_mask.float() * keep.view(N, 1)  # (N, T)
+        b_adv = adv.view(N).float()  # (N,)
+        engine_logp = torch.zeros(N, T)  # (N, T) sampling log-probs reported by the engine
+        for n, c in enumerate(c for group in comps for c in group):
+            engine_logp[n, : len(c.logprobs)] = torch.tensor(c.logprobs)
+        input_ids, attn = input_ids.to(device), attn.to(device)
+
+        # ---- old log-probs (and reference log-probs for the KL): needed when the rollout batch gets several updates
+        t0 = time.time()
+        engine.sleep()  # vLLM frees its GPU memory (AAPO's reference engine sleeps with it); no-op for transformers
+        old_logp, entropy, ref_logp = torch.zeros(N, T), torch.zeros(N, T), torch.zeros(N, T)  # (N, T) each
+        if n_updates > 1 or cfg.kl_coef > 0:
+            with torch.no_grad(), autocast:
+                for rows_mb in micro_batches(torch.arange(N), seq_lens, cfg.micro_batch_size, cfg.micro_batch_tokens):
+                    ids, am, t = trim(rows_mb, input_ids, attn, resp_mask)
+                    lp, ent = token_logprobs(model, ids, am, t, cfg.temperature, limit, cfg.logp_from_hidden)
+                    old_logp[rows_mb, :t], entropy[rows_mb, :t] = lp.float().cpu(), ent.float().cpu()
+                    if cfg.kl_coef > 0:
+                        lp_ref, _ = token_logprobs(ref_model, ids, am, t, cfg.temperature, limit, cfg.logp_from_hidden)
+                        ref_logp[rows_mb, :t] = lp_ref.float().cpu()
+        timing["time/logprobs"] = time.time() - t0
+
+        # ---- policy update: mini-batches of whole groups, micro-batches for memory, one normaliser per mini-batch
+        t0 = time.time()
+        model.train()
+        grad_norms, clip_fracs, kls, losses = [], [], [], []
+        for _ in range(cfg.ppo_epochs):
+            for mb_start in range(0, B, cfg.mini_batch_prompts):
+                mb = torch.arange(mb_start * G, (mb_start + cfg.mini_batch_prompts) * G)  # sequences of these prompts
+                n_tokens, n_seqs = loss_mask[mb].sum().item(), int((loss_mask[mb].sum(-1) > 0).sum())
+                if n_tokens == 0:
+                    continue  # every sequence masked out (dynamic sampling / overlong): no update
+                optimizer.zero_grad(set_to_none=True)
+                for rows_mb in micro_batches(mb, seq_lens, cfg.micro_batch_size, cfg.micro_batch_tokens):
+                    ids, am, t = trim(rows_mb, input_ids, attn, resp_mask)
+                    with autocast:
+                        logp, ent = token_logprobs(model, ids, am, t, cfg.temperature, limit, cfg.logp_from_hidden)
+                    logp, ent = logp.float(), ent.float()  # (n, t)
+                    if n_updates == 1:  # on-policy: old log-probs are these very numbers (deviation 3)
+                        old_logp[rows_mb, :t], entropy[rows_mb, :t] = logp.detach().cpu(), ent.detach().cpu()
+                    is_w = None
+                    if cfg.tis_cap > 0:  # ALGO: TIS, w = min(pi_old / pi_engine, C) (Yao et al. 2025)
+                        is_w = tis_weight(old_logp[rows_mb, :t], engine_logp[rows_mb, :t], cfg.tis_cap)[0].to(device)
+                    loss, stats = policy_loss(
+                        logp, old_logp[rows_mb, :t].to(device), b_adv[rows_mb].to(device),
+                        loss_mask[rows_mb, :t].to(device), kind, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip,
+                        cfg.log_ratio_clamp, cfg.agg, n_tokens, n_seqs, cfg.max_new_tokens,
+                        ent if cfg.entropy_coef > 0 else None, cfg.entropy_coef,
+                        ref_logp[rows_mb, :t].to(device), cfg.kl_coef, is_w,
+                    )  # fmt: skip
+                    loss.backward()
+                    losses.append(loss.item())
+                    clip_fracs.append((stats["clip_frac"], loss_mask[rows_mb].sum().item()))
+                    kls.append(stats.get("kl", 0.0))
+                grad_norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item())
+                optimizer.step()
+        model.eval()
+        optimizer.zero_grad(set_to_none=True)  # free the gradients (6.2 GB at 1.5B) before vLLM wakes
+        engine.load_weights(model)  # no-op for transformers; vLLM, asleep: recorded, pushed by wake_up
+        engine.wake_up()  # vLLM: weights, push, KV cache, prefix caches reset (of the reference engine too)
+        timing["time/train"] = time.time() - t0
+
+        # ---- metrics
+        done = step + 1
+        rmask = resp_mask.float()
+        n_resp_tokens = rmask.sum().item()
+        seq_entropy = (entropy * rmask).sum(-1) / rmask.sum(-1).clamp(min=1)  # (N,)
+        clip_w = sum(w for _, w in clip_fracs)
+        metrics = {
+            "step": done,
+            "epoch": epoch,
+            "train/reward": rewards.mean().item(),
+            "train/accuracy": res["accuracy"].mean().item(),
+            "train/format": res["format"].mean().item(),
+            "train/entropy": (entropy * rmask).sum().item() / max(n_resp_tokens, 1),
+            "train/nll_sampled": -(old_logp * rmask).sum().item() / max(n_resp_tokens, 1),
+            "train/logp_diff": ((engine_logp - old_logp).abs() * rmask).sum().item() / max(n_resp_tokens, 1),
+            "train/response_len": n_resp_tokens / N,
+            "train/truncated": res["truncated"].mean().item(),
+            "train/clip_frac": sum(f * w for f, w in clip_fracs) / clip_w if clip_w else 0.0,
+            "train/zero_var_groups": zero_var.float().mean().item(),
+            "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
+            "train/loss": sum(losses) / len(losses) if losses else 0.0,
+            "train/adv_abs": adv.abs().mean().item(),
+            "train/updates": len(grad_norms),
+        }
+        if cfg.kl_coef > 0:
+            metrics["train/kl"] = sum(kls) / len(kls)
+        if cfg.tis_cap > 0:
+            truncated = tis_weight(old_logp, engine_logp, cfg.tis_cap)[1].float()  # (N, T)
+            metrics["train/tis_clip_frac"] = ((truncated * loss_mask).sum() / loss_mask.sum().clamp(min=1)).item()
+        if cfg.estimator == "aapo":
+            margin = aapo_margin(rewards, ref_rewards)
+            metrics.update({
+                "aapo/ref_reward": ref_rewards.mean().item(),
+                "aapo/margin_mean": margin.mean().item(),
+                "aapo/margin_abs": margin.abs().mean().item(),
+                "aapo/margin_clipped": ((margin < -cfg.aapo_delta_low) | (margin > cfg.aapo_delta_high)).double().mean().item(),
+                "aapo/ref_samples": len(ref_rows) * G,
+                "aapo/cache_size": len(ref_cache),
+            })  # fmt: skip
+        if cfg.aug:
+            for name in sorted(set(tmpl)):
+                sel = torch.tensor([t == name for t in tmpl])  # (B,)
+                seq_sel = sel.repeat_interleave(G)  # (N,)
+                metrics[f"template/{name}/accuracy"] = res["accuracy"][sel].mean().item()
+                metrics[f"template/{name}/entropy"] = (
+                    (entropy[seq_sel] * rmask[seq_sel]).sum() / rmask[seq_sel].sum().clamp(min=1)
+                ).item()
+                metrics[f"template/{name}/prompts"] = int(sel.sum())
+        timing["time/step"] = time.time() - t_step
+        metrics.update(timing)
+        metrics["perf/gen_tokens_per_s"] = n_resp_tokens / max(timing["time/generate"], 1e-9)
+        metrics["perf/train_tokens_per_s"] = attn.sum().item() * cfg.ppo_epochs / max(timing["time/train"], 1e-9)
+
+        if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == total_steps):
+            t0 = time.time()
+            metrics.update(run_eval(cfg, engine, tokenizer, eval_rows))
+            metrics["time/eval"] = time.time() - t0
+        append_jsonl(out / "metrics.jsonl", metrics)
+        trackers.log(metrics, done)
+        line = (f"step {done:5d}/{total_steps} | reward {metrics['train/reward']:.3f} | acc {metrics['train/accuracy']:.3f}"
+                f" | fmt {metrics['train/format']:.2f} | len {metrics['train/response_len']:.1f}"
+                f" | ent {metrics['train/entropy']:.3f} | clip {metrics['train/clip_frac']:.3f}"
+                f" | gnorm {metrics['train/grad_norm']:.3f} | {timing['time/step']:.1f}s")  # fmt: skip
+        if "train/kl" in metrics:
+            line += f" | kl {metrics['train/kl']:.4f}"
+        if "eval/accuracy" in metrics:
+            line += f" | eval acc {metrics['eval/accuracy']:.3f}"
+        print0(line)
+
+        if cfg.samples_every > 0 and (done % cfg.samples_every == 0 or done == 1):
+            for b in range(min(cfg.num_samples, B)):
+                append_jsonl(out / "samples.jsonl", {
+                    "step": done, "template": tmpl[b], "prompt": render(tmpl[b], rows[idx[b]]["problem"]),
+                    "response": comps[b][0].text, "gold": golds[b], "reward": rewards[b, 0].item(),
+                    "accuracy": res["accuracy"][b, 0].item(), "format": res["format"][b, 0].item(),
+                    "advantage": adv[b, 0].item(), "finished": comps[b][0].finished,
+                })  # fmt: skip
+        if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == total_steps:
+            path = save_checkpoint(out, done, model, tokenizer, optimizer, {"ref_cache": ref_cache}, cfg.keep_checkpoints)
+            print0(f"saved {path}")
+    print0(f"done: {total_steps} steps in {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}")

@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 tiny: setup
-	$(BIN)/python train.py --preset tiny --aug --estimator aapo --out runs/tiny
+	$(BIN)/python train.py --preset tiny --aug --estimator aapo --out runs/tiny --overwrite
 	$(BIN)/python plot.py runs/tiny --out runs/tiny/curves.png
 
 test: setup

@@ -1,5 +1,5 @@
 """
-The tiny CPU world behind `python train.py --preset tiny`: a ~0.9M-parameter Qwen2 model, a character-level tokenizer
+The tiny CPU world behind `python train.py --preset tiny`: a ~0.8M-parameter Qwen2 model, a character-level tokenizer
 built in code, a generated two-digit arithmetic task, and a brief supervised warm start, so that RL can be watched
 end to end on a laptop CPU in a few minutes. Nothing is downloaded.
 

@@ -11,6 +11,7 @@ score), turns the rewards into group-relative advantages and takes a few clipped
     # a tiny model on a generated arithmetic task: RL visibly learns in a few minutes on a laptop CPU
     python train.py --preset tiny --aug --estimator aapo --out runs/tiny
     python plot.py runs/tiny --out runs/tiny/curves.png
+    torchrun --nproc_per_node 2 train.py --preset tiny --out runs/tiny-ddp   # data parallel (DDP): 2 ranks, one batch
     # continue a killed run exactly where its last checkpoint left it
     python train.py --preset tiny --aug --estimator aapo --out runs/tiny --resume
 
@@ -22,8 +23,9 @@ Deviations from the papers:
  1) --engine vllm (--preset 1.5b) samples with vLLM in this process, colocated with the trainer (engine_vllm.py); the
     default --engine transformers (CPU) uses Hugging Face `generate` on the training module itself (engine.py). Both
     sample the same distribution (temperature 1, top_p 1, stop at EOS, padded vocab ids masked).
- 2) One process on one GPU (memory plan at GPU_PRESET); the paper ran verl on 8 GPUs. The batch arithmetic (128 x 8,
-    4 mini-batches of 32 prompts, token-mean over each mini-batch) is the same.
+ 2) One process on one GPU (memory plan at GPU_PRESET), or torchrun data parallel (DDP, section Distributed); the paper
+    ran verl (FSDP) on 8 GPUs. The batch arithmetic (128 x 8, 4 mini-batches of 32 prompts, token-mean over each
+    mini-batch) is the same for any number of ranks.
  3) When a rollout batch gets a single optimizer step (ppo_epochs x mini-batches = 1), the old log-probs are the
     detached log-probs of the training forward pass instead of a separate pass: the same numbers, one pass fewer.
  4) DAPO dynamic sampling (off by default) drops zero-variance groups from the loss but does not draw more prompts
@@ -37,6 +39,7 @@ Deviations from the papers:
 """
 
 import argparse
+import contextlib
 import copy
 import inspect
 import json
@@ -51,6 +54,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
 
@@ -65,7 +69,7 @@ from templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_T
 class Config:
     # run
     out: str = "runs/default"  # output folder: metrics.jsonl, samples.jsonl, config.json, checkpoint-<step>/
-    preset: str = ""  # "" = the paper recipe; "tiny" = tiny CPU world from tiny.py (flags given still win)
+    preset: str = ""  # "" = the paper recipe | tiny = tiny CPU world (tiny.py) | 1.5b = the paper run, one GPU
     seed: int = 42  # seed of data order, template draws, sampling and init
     resume: bool = False  # continue from the latest checkpoint in --out (exactly: same metrics on CPU)
     overwrite: bool = False  # start over in an --out that already holds a run
@@ -155,7 +159,7 @@ class Config:
     tensorboard: bool = False  # also write TensorBoard events to --out/tb when tensorboard is installed
 
 
-# --preset tiny: a ~0.9M-parameter Qwen2 on two-digit arithmetic (tiny.py); model and data paths are filled in later.
+# --preset tiny: a ~0.8M-parameter Qwen2 on two-digit arithmetic (tiny.py); model and data paths are filled in later.
 TINY_PRESET = dict(
     template=TINY_DEFAULT_TEMPLATE, eval_template=TINY_DEFAULT_TEMPLATE, templates="tiny", device="cpu",
     prompts_per_step=16, group_size=8, max_new_tokens=40, eval_max_new_tokens=40, eval_context=256,
@@ -216,6 +220,13 @@ def check_config(cfg: Config) -> Config:
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
+    world = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's rank count (section Distributed)
+    if cfg.mini_batch_prompts % world:
+        raise ValueError(f"--mini-batch-prompts {cfg.mini_batch_prompts} must be divisible by the {world} ranks of "
+                         "torchrun --nproc_per_node: each rank takes an equal share of every mini-batch")  # fmt: skip
+    if cfg.engine == "vllm" and world > 1:  # vLLM's own process group would clash with torchrun's (external_launcher)
+        raise ValueError("--engine vllm under torchrun is not supported yet (engine_vllm.py builds a one-process vLLM "
+                         "on GPU 0 of each rank): use --engine transformers, or one process")  # fmt: skip
     if cfg.tis_cap < 0 or cfg.micro_batch_tokens < 0:
         raise ValueError("--tis-cap and --micro-batch-tokens must be >= 0 (0 = off)")
     if cfg.engine == "vllm":
@@ -263,8 +274,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def print0(*args) -> None:
-    """Print (rank 0 only once the loop becomes distributed)."""
-    print(*args, flush=True)
+    """Print on rank 0 only (section Distributed)."""
+    if rank() == 0:
+        print(*args, flush=True)
 
 
 def append_jsonl(path: Path, row: dict) -> None:
@@ -301,6 +313,82 @@ class Trackers:
 
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Distributed
+# `torchrun --nproc_per_node N train.py ...`: N data-parallel ranks. Each takes an equal share of every mini-batch
+# (whole groups), samples it with its own engine, grades it and computes its part of the loss; DDP (PyTorch's
+# DistributedDataParallel) averages the gradients, so all ranks keep the same weights and AdamW state. DDP holds the
+# full model, gradients and optimizer on every GPU (1.5B: GPU_PRESET's plan plus DDP's 6.2 GB gradient buckets); when
+# these do not fit one GPU, FSDP2 (torch.distributed.fsdp.fully_shard) would shard them across ranks: not implemented
+# (the vLLM weight push would then gather the shards). Without torchrun every helper below is the identity.
+
+
+def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    """SETUP: (rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl with rank r on
+    GPU LOCAL_RANK, or gloo on CPU."""
+    device, world = pick_device(device_name), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo") if world > 1 else None
+    return rank(), world, device
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    dist.barrier() if dist.is_initialized() else None
+
+
+def rank_share(B: int, mini: int, rank: int, world: int) -> list[int]:
+    """Positions (among a step's B prompts) of this rank's prompts: the rank-th of `world` equal slices of every
+    mini-batch of `mini` prompts, so every optimizer step sees all ranks' slices and no group straddles two ranks."""
+    per = mini // world
+    return [m + rank * per + j for m in range(0, B, mini) for j in range(per)]
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """x summed over ranks (x itself in one process)."""
+    if world_size() == 1:
+        return x
+    y = x.detach().to("cuda" if dist.get_backend() == "nccl" else "cpu", copy=True)
+    dist.all_reduce(y)
+    return y.to(x.device)
+
+
+def all_objects(obj) -> list:
+    """[rank 0's obj, rank 1's obj, ...] of a picklable obj ([obj] in one process)."""
+    parts = [obj] * world_size()
+    dist.all_gather_object(parts, obj) if len(parts) > 1 else None
+    return parts
+
+
+class PolicyForward(torch.nn.Module):
+    """token_logprobs (section Log-probs) as a module: DDP wraps this, so it sees the whole training forward, including
+    the from-hidden path that calls model.model and model.lm_head.weight rather than model's own forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, T: int, temperature: float, limit: int | None, from_hidden: bool):
+        return token_logprobs(self.model, input_ids, attention_mask, T, temperature, limit, from_hidden)
+
+
+def policy_forward(model, device: torch.device) -> torch.nn.Module:
+    """SETUP: what the training forward goes through: PolicyForward(model), under torchrun wrapped in DDP (with the
+    gradients kept in DDP's all-reduce buckets: no second copy)."""
+    forward, ids = PolicyForward(model), [device.index] if device.type == "cuda" else None
+    ddp = torch.nn.parallel.DistributedDataParallel
+    return ddp(forward, ids, gradient_as_bucket_view=True) if world_size() > 1 else forward
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -456,9 +544,10 @@ def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
     return engine
 
 
-def rollout_seed(seed: int, step: int, stream: int) -> int:
-    """Seed of one generate() call: a function of (run seed, step, stream), so resuming replays the same samples."""
-    return (seed * 1_000_003 + step) * 4 + stream  # stream 0 policy, 1 reference, 2 cache fill
+def rollout_seed(seed: int, step: int, stream: int, rank: int = 0) -> int:
+    """Seed of one generate() call: a function of (run seed, step, stream, rank), so resuming replays the same samples;
+    ranks are 2^40 apart, so no two (step, stream, rank) of a run share a seed."""
+    return (seed * 1_000_003 + step) * 4 + stream + rank * 2**40  # stream 0 policy, 1 reference, 2 cache fill
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -719,14 +808,18 @@ def load_eval_rows(cfg: Config) -> list[dict]:
 
 
 def run_eval(cfg: Config, engine, tokenizer, rows: list[dict]) -> dict:
-    """Greedy accuracy with the eval template, graded exactly as eval.py does (boxed answer, verify.grade_batch)."""
+    """Greedy accuracy with the eval template, graded exactly as eval.py does (boxed answer, verify.grade_batch).
+    Under torchrun each rank evaluates rows rank, rank + world, ...; the records are gathered back into row order."""
     import eval as evaluation
 
+    world = world_size()
     records = evaluation.evaluate(
-        engine, tokenizer, rows, template=cfg.eval_template, max_new_tokens=cfg.eval_max_new_tokens,
+        engine, tokenizer, rows[rank() :: world], template=cfg.eval_template, max_new_tokens=cfg.eval_max_new_tokens,
         context=cfg.eval_context, temperature=0.0, seed=cfg.seed, timeout=cfg.reward_timeout,
-        workers=cfg.reward_workers or None, progress=cfg.progress,
+        workers=cfg.reward_workers or None, progress=cfg.progress and rank() == 0,
     )  # fmt: skip
+    parts = all_objects(records)  # one record per row: row i is record i // world of rank i % world
+    records = [parts[i % world][i // world] for i in range(len(rows))]
     per_bench = evaluation.score(records)
     metrics = {"eval/accuracy": evaluation.summarize(per_bench)["micro"] / 100}  # question-weighted
     if len(per_bench) > 1:
@@ -768,38 +861,104 @@ def checkpoints(out: Path) -> list[tuple[int, Path]]:
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep the lines of metrics/samples files up to last_step: a resumed run rewrites what came after."""
+    """Keep the lines of metrics/samples files up to last_step: a resumed run rewrites what came after. A line cut
+    short by the kill (not valid JSON) is dropped too."""
     if path.exists():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= last_step]
-        path.write_text("".join(line + "\n" for line in lines))
+        rows = [(line, _json_or_none(line)) for line in path.read_text().splitlines()]
+        path.write_text("".join(line + "\n" for line, row in rows if row is not None and row.get("step", 0) <= last_step))
+
+
+def _json_or_none(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Training loop
 
 
+def update_policy(cfg: Config, forward, optimizer, batch: dict, limit: int | None) -> dict:
+    """This rank's update on a rollout batch: --ppo-epochs passes over mini-batches of whole groups (one optimizer step
+    each, micro-batches for memory). forward: PolicyForward(model), or DDP of it. batch: this rank's tensors (main's
+    names); with one update per batch, old_logp and entropy are filled in place. Returns per-step grad_norms and this
+    rank's per-micro-batch losses, clip_fracs and kls."""
+    world, kind, device = world_size(), loss_kind(cfg), batch["input_ids"].device
+    n_updates = cfg.ppo_epochs * (cfg.prompts_per_step // cfg.mini_batch_prompts)  # the same on every rank
+    mini = cfg.mini_batch_prompts // world * cfg.group_size  # this rank's sequences per mini-batch
+    loss_mask, old_logp, entropy, engine_logp = (batch[k] for k in ("loss_mask", "old_logp", "entropy", "engine_logp"))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
+    out = {"grad_norms": [], "losses": [], "clip_fracs": [], "kls": []}
+    for _ in range(cfg.ppo_epochs):
+        for mb_start in range(0, loss_mask.shape[0], mini):
+            mb = torch.arange(mb_start, mb_start + mini)  # this rank's sequences of the mini-batch
+            # ALGO: the normalisers n_tokens (token-mean) and n_seqs (seq-mean-token-mean) count the whole mini-batch
+            # on all ranks (all-reduce sum), so the loss is the one-process loss, however the ranks split it
+            counts = all_sum(torch.stack([loss_mask[mb].sum().double(), (loss_mask[mb].sum(-1) > 0).sum().double()]))
+            n_tokens, n_seqs = counts[0].item(), int(counts[1])
+            if n_tokens == 0:
+                continue  # every sequence masked out (dynamic sampling / overlong): no update, on any rank
+            optimizer.zero_grad(set_to_none=True)
+            mbs = micro_batches(mb, batch["seq_lens"], cfg.micro_batch_size, cfg.micro_batch_tokens)
+            for j, rows_mb in enumerate(mbs):
+                ids, am, t = trim(rows_mb, batch["input_ids"], batch["attn"], batch["resp_mask"])
+                # SETUP: DDP all-reduces in the last micro-batch's backward only (ranks may hold different numbers)
+                sync = j == len(mbs) - 1 or not hasattr(forward, "no_sync")
+                with contextlib.nullcontext() if sync else forward.no_sync():
+                    with autocast:
+                        logp, ent = forward(ids, am, t, cfg.temperature, limit, cfg.logp_from_hidden)
+                    logp, ent = logp.float(), ent.float()  # (n, t)
+                    if n_updates == 1:  # on-policy: old log-probs are these very numbers (deviation 3)
+                        old_logp[rows_mb, :t], entropy[rows_mb, :t] = logp.detach().cpu(), ent.detach().cpu()
+                    is_w = None
+                    if cfg.tis_cap > 0:  # ALGO: TIS, w = min(pi_old / pi_engine, C) (Yao et al. 2025)
+                        is_w = tis_weight(old_logp[rows_mb, :t], engine_logp[rows_mb, :t], cfg.tis_cap)[0].to(device)
+                    loss, stats = policy_loss(
+                        logp, old_logp[rows_mb, :t].to(device), batch["adv"][rows_mb].to(device),
+                        loss_mask[rows_mb, :t].to(device), kind, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip,
+                        cfg.log_ratio_clamp, cfg.agg, n_tokens, n_seqs, cfg.max_new_tokens,
+                        ent if cfg.entropy_coef > 0 else None, cfg.entropy_coef,
+                        batch["ref_logp"][rows_mb, :t].to(device), cfg.kl_coef, is_w,
+                    )  # fmt: skip
+                    # ALGO: `loss` is this rank's part of the global loss (global normaliser), the global loss is the
+                    # sum over ranks, and DDP averages gradients (sum / world): hence x world
+                    (loss * world).backward()
+                out["losses"].append(loss.item())
+                out["clip_fracs"].append((stats["clip_frac"], loss_mask[rows_mb].sum().item()))
+                out["kls"].append(stats.get("kl", 0.0))
+            out["grad_norms"].append(torch.nn.utils.clip_grad_norm_(forward.parameters(), cfg.grad_clip).item())
+            optimizer.step()
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
+    rank, world, device = init_distributed(cfg.device)  # (0, 1, the device) without torchrun
     out = Path(cfg.out)
     if (out / "metrics.jsonl").exists() and not (cfg.resume or cfg.overwrite):
         raise SystemExit(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
-    if cfg.overwrite and not cfg.resume:
+    if cfg.overwrite and not cfg.resume and rank == 0:
         for p in [out / "metrics.jsonl", out / "samples.jsonl", *(p for _, p in checkpoints(out))]:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.preset == "tiny":  # SETUP: the tiny world (warm-started model + data), built once and cached by tiny.py
         import tiny
 
-        world = tiny.prepare(log=print0)
-        cfg = replace(cfg, model=cfg.model or world["model"], train_data=cfg.train_data or world["train"],
-                      eval_data=cfg.eval_data or world["eval"])  # fmt: skip
+        barrier() if rank > 0 else None  # rank 0 builds it first, the others then read the cache
+        tiny_world = tiny.prepare(log=print0)
+        barrier() if rank == 0 else None
+        cfg = replace(cfg, model=cfg.model or tiny_world["model"], train_data=cfg.train_data or tiny_world["train"],
+                      eval_data=cfg.eval_data or tiny_world["eval"])  # fmt: skip
+    barrier()  # rank 0 is done with --overwrite's deletions
     resume_from = checkpoints(out)[-1] if cfg.resume and checkpoints(out) else None
-    device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     kind, names = loss_kind(cfg), (template_names(cfg) if cfg.aug else [cfg.template])
     run_name = f"{cfg.estimator}-{kind}{'-aug' if cfg.aug else ''}-{cfg.agg}-s{cfg.seed}"
     print0(f"run {run_name}\n| param | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items()))
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    print0(f"torchrun: {world} ranks, {cfg.prompts_per_step // world} prompts per rank per step") if world > 1 else None
+    if rank == 0:  # SETUP: rank 0 alone writes files (config, metrics, samples, checkpoints) and logs to trackers
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     # SETUP: model, tokenizer, engines. The policy's initial weights are also AAPO's frozen reference (vllm: from disk).
     model, tokenizer = load_model_and_tokenizer(cfg, device)
@@ -819,6 +978,7 @@ def main(argv: list[str] | None = None) -> None:
         model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
+    train_forward = policy_forward(model, device)  # DDP under torchrun; rollouts, eval and old log-probs use `model`
 
     # SETUP: data
     raw = read_rows(cfg.train_data, cfg.train_subset, cfg.train_split)
@@ -841,36 +1001,39 @@ def main(argv: list[str] | None = None) -> None:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         start, ref_cache = state["step"], state["ref_cache"]
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            truncate_jsonl(out / name, start)
         print0(f"resumed from {resume_from[1]} at step {start}")
-    trackers = Trackers(cfg, run_name)
+    if cfg.resume and rank == 0:  # rows after the checkpoint (all of them if killed before the first) are redone
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            truncate_jsonl(out / name, start if resume_from else -1)
+    trackers = Trackers(cfg, run_name) if rank == 0 else None
     if cfg.eval_every > 0 and start == 0:  # the "before" point of every curve
         t0 = time.time()
         metrics = {"step": 0, **run_eval(cfg, engine, tokenizer, eval_rows), "time/eval": time.time() - t0}
-        append_jsonl(out / "metrics.jsonl", metrics)
-        trackers.log(metrics, 0)
+        if rank == 0:
+            append_jsonl(out / "metrics.jsonl", metrics)
+            trackers.log(metrics, 0)
         print0(f"step {0:5d} | eval acc {metrics['eval/accuracy']:.3f}")
 
-    B, G = cfg.prompts_per_step, cfg.group_size
-    n_updates = cfg.ppo_epochs * (B // cfg.mini_batch_prompts)
+    B, G = cfg.prompts_per_step // world, cfg.group_size  # B: this rank's prompts per step
+    n_updates = cfg.ppo_epochs * (cfg.prompts_per_step // cfg.mini_batch_prompts)
     for step in range(start, total_steps):
         t_step = time.time()
         timing = {}
         # ---- rollouts: one template per prompt (the whole group shares it), G samples each
-        epoch, idx = batch_indices(step, len(rows), B, cfg.seed)
+        epoch, idx = batch_indices(step, len(rows), cfg.prompts_per_step, cfg.seed)
+        idx = [idx[k] for k in rank_share(cfg.prompts_per_step, cfg.mini_batch_prompts, rank, world)]  # B of them
         tmpl = [draw_template(cfg.seed, epoch, i, names) if cfg.aug else cfg.template for i in idx]  # ALGO: aug
         prompt_ids = [tokenizer.encode(render(t, rows[i]["problem"]), add_special_tokens=False) for t, i in zip(tmpl, idx)]
         golds = [rows[i]["answer"] for i in idx]
         t0 = time.time()
         comps = engine.generate(prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                seed=rollout_seed(cfg.seed, step, 0), progress=cfg.progress)  # [B][G] fmt: skip
+                                seed=rollout_seed(cfg.seed, step, 0, rank), progress=cfg.progress and rank == 0)  # [B][G] fmt: skip
         ref_comps, ref_rows = [], []  # AAPO reference samples to grade: fresh every step, or once per (prompt, template)
         if cfg.estimator == "aapo":
             ref_rows = [b for b in range(B) if cfg.aapo_ref == "fresh" or (idx[b], tmpl[b]) not in ref_cache]
             if ref_rows:
                 ref_comps = ref_engine.generate([prompt_ids[b] for b in ref_rows], G, cfg.max_new_tokens,
-                                                cfg.temperature, cfg.top_p, seed=rollout_seed(cfg.seed, step, 1))  # fmt: skip
+                                                cfg.temperature, cfg.top_p, seed=rollout_seed(cfg.seed, step, 1, rank))  # fmt: skip
         timing["time/generate"] = time.time() - t0
 
         # ---- rewards (policy and reference samples graded in one parallel batch)
@@ -879,9 +1042,10 @@ def main(argv: list[str] | None = None) -> None:
         res, ref_res = {k: v[:B] for k, v in res.items()}, {k: v[B:] for k, v in res.items()}
         rewards = res["reward"]  # (B, G)
         ref_rewards = None
-        if cfg.estimator == "aapo":
-            for j, b in enumerate(ref_rows):
-                ref_cache[(idx[b], tmpl[b])] = ref_res["reward"][j].tolist()
+        if cfg.estimator == "aapo":  # every rank gets every rank's new reference rewards: one cache, as one process
+            new_refs = [((idx[b], tmpl[b]), ref_res["reward"][j].tolist()) for j, b in enumerate(ref_rows)]
+            new_refs = [item for part in all_objects(new_refs) for item in part]
+            ref_cache.update(new_refs)
             ref_rewards = torch.tensor([ref_cache[(i, t)] for i, t in zip(idx, tmpl)], dtype=torch.float64)  # (B, G)
             if cfg.aapo_ref == "fresh":
                 ref_cache.clear()  # fresh samples each step: nothing is kept
@@ -928,102 +1092,82 @@ def main(argv: list[str] | None = None) -> None:
         # ---- policy update: mini-batches of whole groups, micro-batches for memory, one normaliser per mini-batch
         t0 = time.time()
         model.train()
-        grad_norms, clip_fracs, kls, losses = [], [], [], []
-        for _ in range(cfg.ppo_epochs):
-            for mb_start in range(0, B, cfg.mini_batch_prompts):
-                mb = torch.arange(mb_start * G, (mb_start + cfg.mini_batch_prompts) * G)  # sequences of these prompts
-                n_tokens, n_seqs = loss_mask[mb].sum().item(), int((loss_mask[mb].sum(-1) > 0).sum())
-                if n_tokens == 0:
-                    continue  # every sequence masked out (dynamic sampling / overlong): no update
-                optimizer.zero_grad(set_to_none=True)
-                for rows_mb in micro_batches(mb, seq_lens, cfg.micro_batch_size, cfg.micro_batch_tokens):
-                    ids, am, t = trim(rows_mb, input_ids, attn, resp_mask)
-                    with autocast:
-                        logp, ent = token_logprobs(model, ids, am, t, cfg.temperature, limit, cfg.logp_from_hidden)
-                    logp, ent = logp.float(), ent.float()  # (n, t)
-                    if n_updates == 1:  # on-policy: old log-probs are these very numbers (deviation 3)
-                        old_logp[rows_mb, :t], entropy[rows_mb, :t] = logp.detach().cpu(), ent.detach().cpu()
-                    is_w = None
-                    if cfg.tis_cap > 0:  # ALGO: TIS, w = min(pi_old / pi_engine, C) (Yao et al. 2025)
-                        is_w = tis_weight(old_logp[rows_mb, :t], engine_logp[rows_mb, :t], cfg.tis_cap)[0].to(device)
-                    loss, stats = policy_loss(
-                        logp, old_logp[rows_mb, :t].to(device), b_adv[rows_mb].to(device),
-                        loss_mask[rows_mb, :t].to(device), kind, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip,
-                        cfg.log_ratio_clamp, cfg.agg, n_tokens, n_seqs, cfg.max_new_tokens,
-                        ent if cfg.entropy_coef > 0 else None, cfg.entropy_coef,
-                        ref_logp[rows_mb, :t].to(device), cfg.kl_coef, is_w,
-                    )  # fmt: skip
-                    loss.backward()
-                    losses.append(loss.item())
-                    clip_fracs.append((stats["clip_frac"], loss_mask[rows_mb].sum().item()))
-                    kls.append(stats.get("kl", 0.0))
-                grad_norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item())
-                optimizer.step()
+        batch = dict(input_ids=input_ids, attn=attn, resp_mask=resp_mask, loss_mask=loss_mask, adv=b_adv,
+                     old_logp=old_logp, entropy=entropy, engine_logp=engine_logp, ref_logp=ref_logp, seq_lens=seq_lens)  # fmt: skip
+        upd = update_policy(cfg, train_forward, optimizer, batch, limit)
         model.eval()
         optimizer.zero_grad(set_to_none=True)  # free the gradients (6.2 GB at 1.5B) before vLLM wakes
         engine.load_weights(model)  # no-op for transformers; vLLM, asleep: recorded, pushed by wake_up
         engine.wake_up()  # vLLM: weights, push, KV cache, prefix caches reset (of the reference engine too)
         timing["time/train"] = time.time() - t0
 
-        # ---- metrics
+        # ---- metrics over all ranks: sums and counts summed, (B, G) tensors gathered (in one process: as they are)
         done = step + 1
         rmask = resp_mask.float()
-        n_resp_tokens = rmask.sum().item()
-        seq_entropy = (entropy * rmask).sum(-1) / rmask.sum(-1).clamp(min=1)  # (N,)
-        clip_w = sum(w for _, w in clip_fracs)
+        sums = all_sum(torch.stack([(entropy * rmask).sum(), (old_logp * rmask).sum(),
+                                    ((engine_logp - old_logp).abs() * rmask).sum(), rmask.sum(), attn.sum().float().cpu()]))  # fmt: skip
+        n_resp_tokens = sums[3].item()
+        g = {k: torch.cat(all_objects(v)) for k, v in [*res.items(), ("adv", adv), ("zero_var", zero_var.float())]}
+        clip_w, clip_fw, loss_sum, kl_sum, n_micro = all_sum(torch.tensor(
+            [sum(w for _, w in upd["clip_fracs"]), sum(f * w for f, w in upd["clip_fracs"]), sum(upd["losses"]),
+             sum(upd["kls"]), len(upd["kls"])], dtype=torch.float64)).tolist()  # fmt: skip
+        grad_norms = upd["grad_norms"]  # the same on every rank (after DDP's all-reduce)
         metrics = {
             "step": done,
             "epoch": epoch,
-            "train/reward": rewards.mean().item(),
-            "train/accuracy": res["accuracy"].mean().item(),
-            "train/format": res["format"].mean().item(),
-            "train/entropy": (entropy * rmask).sum().item() / max(n_resp_tokens, 1),
-            "train/nll_sampled": -(old_logp * rmask).sum().item() / max(n_resp_tokens, 1),
-            "train/logp_diff": ((engine_logp - old_logp).abs() * rmask).sum().item() / max(n_resp_tokens, 1),
-            "train/response_len": n_resp_tokens / N,
-            "train/truncated": res["truncated"].mean().item(),
-            "train/clip_frac": sum(f * w for f, w in clip_fracs) / clip_w if clip_w else 0.0,
-            "train/zero_var_groups": zero_var.float().mean().item(),
+            "train/reward": g["reward"].mean().item(),
+            "train/accuracy": g["accuracy"].mean().item(),
+            "train/format": g["format"].mean().item(),
+            "train/entropy": sums[0].item() / max(n_resp_tokens, 1),
+            "train/nll_sampled": -sums[1].item() / max(n_resp_tokens, 1),
+            "train/logp_diff": sums[2].item() / max(n_resp_tokens, 1),
+            "train/response_len": n_resp_tokens / (N * world),
+            "train/truncated": g["truncated"].mean().item(),
+            "train/clip_frac": clip_fw / clip_w if clip_w else 0.0,
+            "train/zero_var_groups": g["zero_var"].mean().item(),
             "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
-            "train/loss": sum(losses) / len(losses) if losses else 0.0,
-            "train/adv_abs": adv.abs().mean().item(),
+            "train/loss": loss_sum / len(grad_norms) if grad_norms else 0.0,  # mean over optimizer steps, all ranks
+            "train/adv_abs": g["adv"].abs().mean().item(),
             "train/updates": len(grad_norms),
         }
         if cfg.kl_coef > 0:
-            metrics["train/kl"] = sum(kls) / len(kls)
+            metrics["train/kl"] = kl_sum / n_micro
         if cfg.tis_cap > 0:
             truncated = tis_weight(old_logp, engine_logp, cfg.tis_cap)[1].float()  # (N, T)
-            metrics["train/tis_clip_frac"] = ((truncated * loss_mask).sum() / loss_mask.sum().clamp(min=1)).item()
+            tis = all_sum(torch.stack([(truncated * loss_mask).sum(), loss_mask.sum()]))
+            metrics["train/tis_clip_frac"] = (tis[0] / tis[1].clamp(min=1)).item()
         if cfg.estimator == "aapo":
-            margin = aapo_margin(rewards, ref_rewards)
+            g_ref = torch.cat(all_objects(ref_rewards))  # (B*world, G)
+            margin = aapo_margin(g["reward"], g_ref)
             metrics.update({
-                "aapo/ref_reward": ref_rewards.mean().item(),
+                "aapo/ref_reward": g_ref.mean().item(),
                 "aapo/margin_mean": margin.mean().item(),
                 "aapo/margin_abs": margin.abs().mean().item(),
                 "aapo/margin_clipped": ((margin < -cfg.aapo_delta_low) | (margin > cfg.aapo_delta_high)).double().mean().item(),
-                "aapo/ref_samples": len(ref_rows) * G,
+                "aapo/ref_samples": len(new_refs) * G,
                 "aapo/cache_size": len(ref_cache),
             })  # fmt: skip
         if cfg.aug:
-            for name in sorted(set(tmpl)):
-                sel = torch.tensor([t == name for t in tmpl])  # (B,)
-                seq_sel = sel.repeat_interleave(G)  # (N,)
-                metrics[f"template/{name}/accuracy"] = res["accuracy"][sel].mean().item()
-                metrics[f"template/{name}/entropy"] = (
-                    (entropy[seq_sel] * rmask[seq_sel]).sum() / rmask[seq_sel].sum().clamp(min=1)
-                ).item()
+            g_tmpl = [t for part in all_objects(tmpl) for t in part]  # rank after rank, as g
+            for name in sorted(set(g_tmpl)):
+                sel = torch.tensor([t == name for t in g_tmpl])  # (B*world,)
+                seq_sel = torch.tensor([t == name for t in tmpl]).repeat_interleave(G)  # (N,) this rank's
+                ent = all_sum(torch.stack([(entropy[seq_sel] * rmask[seq_sel]).sum(), rmask[seq_sel].sum()]))
+                metrics[f"template/{name}/accuracy"] = g["accuracy"][sel].mean().item()
+                metrics[f"template/{name}/entropy"] = (ent[0] / ent[1].clamp(min=1)).item()
                 metrics[f"template/{name}/prompts"] = int(sel.sum())
         timing["time/step"] = time.time() - t_step
         metrics.update(timing)
         metrics["perf/gen_tokens_per_s"] = n_resp_tokens / max(timing["time/generate"], 1e-9)
-        metrics["perf/train_tokens_per_s"] = attn.sum().item() * cfg.ppo_epochs / max(timing["time/train"], 1e-9)
+        metrics["perf/train_tokens_per_s"] = sums[4].item() * cfg.ppo_epochs / max(timing["time/train"], 1e-9)
 
         if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == total_steps):
             t0 = time.time()
             metrics.update(run_eval(cfg, engine, tokenizer, eval_rows))
             metrics["time/eval"] = time.time() - t0
-        append_jsonl(out / "metrics.jsonl", metrics)
-        trackers.log(metrics, done)
+        if rank == 0:
+            append_jsonl(out / "metrics.jsonl", metrics)
+            trackers.log(metrics, done)
         line = (f"step {done:5d}/{total_steps} | reward {metrics['train/reward']:.3f} | acc {metrics['train/accuracy']:.3f}"
                 f" | fmt {metrics['train/format']:.2f} | len {metrics['train/response_len']:.1f}"
                 f" | ent {metrics['train/entropy']:.3f} | clip {metrics['train/clip_frac']:.3f}"
@@ -1034,7 +1178,7 @@ def main(argv: list[str] | None = None) -> None:
             line += f" | eval acc {metrics['eval/accuracy']:.3f}"
         print0(line)
 
-        if cfg.samples_every > 0 and (done % cfg.samples_every == 0 or done == 1):
+        if rank == 0 and cfg.samples_every > 0 and (done % cfg.samples_every == 0 or done == 1):  # rank 0's prompts
             for b in range(min(cfg.num_samples, B)):
                 append_jsonl(out / "samples.jsonl", {
                     "step": done, "template": tmpl[b], "prompt": render(tmpl[b], rows[idx[b]]["problem"]),
@@ -1043,9 +1187,14 @@ def main(argv: list[str] | None = None) -> None:
                     "advantage": adv[b, 0].item(), "finished": comps[b][0].finished,
                 })  # fmt: skip
         if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == total_steps:
-            path = save_checkpoint(out, done, model, tokenizer, optimizer, {"ref_cache": ref_cache}, cfg.keep_checkpoints)
-            print0(f"saved {path}")
+            if rank == 0:  # weights, AdamW state and AAPO cache (merged every step) are the same on every rank
+                extra = {"ref_cache": ref_cache}
+                path = save_checkpoint(out, done, model, tokenizer, optimizer, extra, cfg.keep_checkpoints)
+                print0(f"saved {path}")
+            barrier()  # the others wait for it
     print0(f"done: {total_steps} steps in {out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

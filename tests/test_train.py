@@ -605,3 +605,14 @@ def test_kill_and_resume_matches_uninterrupted_run(aapo_run, tmp_path):
         assert got[step] == want[step], f"step {step}: " + ", ".join(
             f"{k}: {got[step].get(k)} != {v}" for k, v in want[step].items() if got[step].get(k) != v
         )
+
+
+def test_truncate_jsonl_keeps_rows_up_to_the_step_and_drops_a_cut_line(tmp_path):
+    from train import truncate_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "a": 1}\n{"step": 1}\n{"step": 2}\n{"step": 3, "a"')  # the kill cut the last line
+    truncate_jsonl(path, 1)
+    assert path.read_text() == '{"step": 0, "a": 1}\n{"step": 1}\n'
+    truncate_jsonl(path, -1)  # --resume before the first checkpoint: every row is redone
+    assert path.read_text() == ""

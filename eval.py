@@ -8,7 +8,7 @@ is the answer; no box scores 0). It reports each benchmark's accuracy and two av
 benchmark accuracies (the paper's "average"), micro = correct answers / questions over all 1,560 questions.
 
     # a train.py checkpoint (or any Hugging Face model id) on the five benchmarks: vLLM on a GPU, else transformers
-    python eval.py --model runs/aug/checkpoint-2720 --data-dir ../shared/data/eval --out runs/aug/eval-2720
+    python eval.py --model runs/aug/checkpoint-2720 --data-dir data/eval --out runs/aug/eval-2720
     # the paper's numbers are the mean of 5 runs; a quick look at 20 questions per benchmark on CPU
     python eval.py --model MODEL --data-dir DATA --runs 5 --out OUT
     python eval.py --model MODEL --data-dir DATA --engine transformers --limit 20 --out OUT

@@ -135,12 +135,7 @@ class TransformersEngine:
         progress: bool = False,
     ) -> list[list[Completion]]:
         """n completions per prompt, [len(prompts)][n]; see the module docstring for the contract."""
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError(f"generate needs n >= 1 and max_new_tokens >= 1 (got n={n}, max_new_tokens={max_new_tokens})")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"temperature must be >= 0 and top_p in (0, 1] (got {temperature}, {top_p})")
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: every prompt needs at least one token")
+        check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
         from tqdm import tqdm
 
         device = next(self.model.parameters()).device
@@ -196,6 +191,17 @@ class TransformersEngine:
             text = self.tokenizer.decode(text_tokens, skip_special_tokens=True)  # as vLLM by default
             completions.append(Completion(tokens, lps[: len(tokens)], finished, text))
         return completions
+
+
+def check_generate_args(prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """The argument checks of every engine's generate(): clear errors before any work."""
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError(f"generate needs n >= 1 and max_new_tokens >= 1 (got n={n}, max_new_tokens={max_new_tokens})")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"temperature must be >= 0 and top_p in (0, 1] (got {temperature}, {top_p})")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"empty prompt: prompt {i} has 0 tokens, every prompt needs at least one")
 
 
 def _as_list(x) -> list[int]:

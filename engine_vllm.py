@@ -47,7 +47,7 @@ from functools import partial
 
 import torch
 
-from engine import Completion
+from engine import Completion, _as_list, check_generate_args
 
 SUPPORTED_VLLM = ((0, 10, 2), (0, 34, 0))  # [lowest, first unsupported): the releases whose API was read (see above)
 SUPPORTED_VLLM_TEXT = "vllm>=0.10.2,<0.34"
@@ -299,14 +299,9 @@ class VLLMEngine:
         progress: bool = False,
     ) -> list[list[Completion]]:
         """n completions per prompt, [len(prompts)][n]; the contract of engine.py's module docstring."""
-        if n < 1 or max_new_tokens < 1:
-            raise ValueError(
-                f"generate needs n >= 1 and max_new_tokens >= 1 (got n={n}, max_new_tokens={max_new_tokens})"
-            )
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"temperature must be >= 0 and top_p in (0, 1] (got {temperature}, {top_p})")
+        check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
         for i, p in enumerate(prompts):
-            if not 0 < len(p) < self.max_model_len:
+            if len(p) >= self.max_model_len:
                 raise ValueError(
                     f"prompt {i} has {len(p)} tokens: need 1 to max_model_len - 1 = {self.max_model_len - 1}"
                 )
@@ -364,10 +359,3 @@ class VLLMEngine:
 
 def _copy(c: Completion) -> Completion:
     return Completion(list(c.token_ids), list(c.logprobs), c.finished, c.text)
-
-
-def _as_list(x) -> list[int]:
-    """None -> [], an int -> [int], a list -> itself."""
-    if x is None:
-        return []
-    return list(x) if isinstance(x, (list, tuple)) else [int(x)]

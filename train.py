@@ -43,12 +43,10 @@ import contextlib
 import copy
 import inspect
 import json
-import math
 import os
 import random
 import re
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -56,6 +54,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from distributed import all_objects, all_sum, barrier, init_distributed, rank, rank_share, world_size
+from eval import read_jsonl
 from templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
 
 # Axis legend for shape comments: B prompts per step, G samples per prompt, T response tokens, V vocabulary.
@@ -316,59 +316,7 @@ def _is_num(v) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Distributed
-# `torchrun --nproc_per_node N train.py ...`: N data-parallel ranks. Each takes an equal share of every mini-batch
-# (whole groups), samples it with its own engine, grades it and computes its part of the loss; DDP (PyTorch's
-# DistributedDataParallel) averages the gradients, so all ranks keep the same weights and AdamW state. DDP holds the
-# full model, gradients and optimizer on every GPU (1.5B: GPU_PRESET's plan plus DDP's 6.2 GB gradient buckets); when
-# these do not fit one GPU, FSDP2 (torch.distributed.fsdp.fully_shard) would shard them across ranks: not implemented
-# (the vLLM weight push would then gather the shards). Without torchrun every helper below is the identity.
-
-
-def init_distributed(device_name: str) -> tuple[int, int, torch.device]:
-    """SETUP: (rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl with rank r on
-    GPU LOCAL_RANK, or gloo on CPU."""
-    device, world = pick_device(device_name), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo") if world > 1 else None
-    return rank(), world, device
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def barrier() -> None:
-    dist.barrier() if dist.is_initialized() else None
-
-
-def rank_share(B: int, mini: int, rank: int, world: int) -> list[int]:
-    """Positions (among a step's B prompts) of this rank's prompts: the rank-th of `world` equal slices of every
-    mini-batch of `mini` prompts, so every optimizer step sees all ranks' slices and no group straddles two ranks."""
-    per = mini // world
-    return [m + rank * per + j for m in range(0, B, mini) for j in range(per)]
-
-
-def all_sum(x: torch.Tensor) -> torch.Tensor:
-    """x summed over ranks (x itself in one process)."""
-    if world_size() == 1:
-        return x
-    y = x.detach().to("cuda" if dist.get_backend() == "nccl" else "cpu", copy=True)
-    dist.all_reduce(y)
-    return y.to(x.device)
-
-
-def all_objects(obj) -> list:
-    """[rank 0's obj, rank 1's obj, ...] of a picklable obj ([obj] in one process)."""
-    parts = [obj] * world_size()
-    dist.all_gather_object(parts, obj) if len(parts) > 1 else None
-    return parts
+# Distributed (helpers in distributed.py; without torchrun each of them is the identity)
 
 
 class PolicyForward(torch.nn.Module):
@@ -406,14 +354,7 @@ def read_rows(source: str, subset: str = "", split: str = "train") -> list[dict]
     if path.suffix in (".jsonl", ".json"):
         if not path.is_file():
             raise FileNotFoundError(f"data file {source} not found")
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                try:
-                    rows.append(json.loads(line)) if line.strip() else None
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{source} line {lineno}: not valid JSON ({e.msg})") from None
-        return rows
+        return read_jsonl(path)  # eval.py's reader: a bad line is an error naming the file and line
     if path.suffix == ".parquet":
         if not path.is_file():
             raise FileNotFoundError(f"data file {source} not found")
@@ -934,7 +875,7 @@ def update_policy(cfg: Config, forward, optimizer, batch: dict, limit: int | Non
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
-    rank, world, device = init_distributed(cfg.device)  # (0, 1, the device) without torchrun
+    rank, world, device = init_distributed(pick_device(cfg.device))  # (0, 1, the device) without torchrun
     out = Path(cfg.out)
     if (out / "metrics.jsonl").exists() and not (cfg.resume or cfg.overwrite):
         raise SystemExit(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")

@@ -163,10 +163,12 @@ class Config:
 TINY_PRESET = dict(
     template=TINY_DEFAULT_TEMPLATE, eval_template=TINY_DEFAULT_TEMPLATE, templates="tiny", device="cpu",
     prompts_per_step=16, group_size=8, max_new_tokens=40, eval_max_new_tokens=40, eval_context=256,
-    max_prompt_tokens=200, gen_batch_size=512, lr=2e-4, mini_batch_prompts=8, micro_batch_size=128, max_steps=100,
+    max_prompt_tokens=200, gen_batch_size=512, lr=2e-4, mini_batch_prompts=16, micro_batch_size=128, max_steps=100,
     epochs=1000, eval_every=10, save_every=20, samples_every=20, reward_workers=1, progress=False, weight_decay=0.0,
     model="", train_data="", eval_data="",  # empty: filled with the cached tiny world (tiny.prepare) at start-up
 )  # fmt: skip
+# One optimizer step per rollout batch (mini-batch = the 16 prompts) keeps every update on-policy: with two, AAPO's
+# REINFORCE loss (no ratio to correct the second one) gained 12 points in 100 steps with --aug, against 22.5 with one.
 
 # --preset 1.5b: the paper's run on one 80 GB GPU. Memory plan (estimates, unmeasured): the trainer keeps fp32 master
 # weights (1.54B x 4 B = 6.2 GB) and AdamW's two moments (12.3 GB) all run long; gradients (6.2 GB), autocast's bf16

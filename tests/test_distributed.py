@@ -125,9 +125,9 @@ def test_rollout_seed_per_rank():
 def test_world_size_must_divide_mini_batch(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="--mini-batch-prompts 8 must be divisible by the 3 ranks"):
-        train.parse_config(["--preset", "tiny"])
+        train.parse_config(["--preset", "tiny", "--mini-batch-prompts", "8"])
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert train.parse_config(["--preset", "tiny"]).mini_batch_prompts == 8
+    assert train.parse_config(["--preset", "tiny", "--mini-batch-prompts", "8"]).mini_batch_prompts == 8
     with pytest.raises(ValueError, match="--engine vllm under torchrun is not supported"):
         train.parse_config(["--preset", "1.5b"])
 

@@ -9,18 +9,26 @@ line per run, legend = run folder name), so ablations sit side by side.
 A key with a `*` (e.g. 'template/*/entropy', quoted for the shell) draws one line per matching key: colour per match
 (e.g. per template), line style per run, label "run: match". eval/accuracy is sparse (only on eval steps), so it gets
 markers and is never smoothed.
+
+    python plot.py runs/study/*-s* --bands --out study.png   # several seeds of each configuration: mean and band
+
+--bands groups the runs by folder name without its seed suffix ("aapo-aug-s3" -> "aapo-aug") and draws, per
+configuration, the mean over its seeds with a shaded band from the lowest to the highest seed, at the steps that every
+seed of it logged. A `*` key then averages its matches (e.g. the mean entropy over templates) before the seeds are.
 """
 
 import argparse
 import fnmatch
 import json
 import math
+import re
 from pathlib import Path
 
 DEFAULT_KEYS = ["train/reward", "train/accuracy", "eval/accuracy", "train/entropy", "train/response_len",
                 "template/*/entropy"]  # fmt: skip
 SPARSE_PREFIX = "eval/"  # logged only on eval steps: markers, no smoothing
 LINESTYLES = ["-", "--", ":", "-."]  # one per run in pattern panels (colour = matched key)
+SEED_SUFFIX = re.compile(r"-s\d+$")  # "aapo-aug-s3": configuration "aapo-aug", seed 3 (bench/bench_tiny.py's names)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -93,12 +101,33 @@ def short_label(pattern: str, key: str) -> str:
     return key[len(prefix) : len(key) - len(suffix)]
 
 
+def group_by_config(names: list[str]) -> dict[str, list[str]]:
+    """Run names grouped by configuration: the name without its "-s<seed>" suffix, in first-seen order."""
+    groups = {}
+    for name in names:
+        groups.setdefault(SEED_SUFFIX.sub("", name), []).append(name)
+    return groups
+
+
+def seed_band(seeds: list[list[dict]], keys: list[str]) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(steps, mean, low, high) over seeds (one list of rows each) of the mean of `keys` at each step, keeping only
+    the steps at which every seed logged every key, so that each point averages the same number of seeds."""
+    per_seed = []
+    for rows in seeds:
+        columns = [dict(zip(*series(rows, key))) for key in keys]  # key -> {step: value}
+        common = set.intersection(*(set(c) for c in columns))
+        per_seed.append({step: sum(c[step] for c in columns) / len(columns) for step in common})
+    steps = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
+    values = [[d[step] for d in per_seed] for step in steps]  # (steps, seeds)
+    return steps, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Plot
 
 
-def plot(runs: dict[str, list[dict]], keys: list[str], out: str | Path, smooth_k: int = 1) -> Path:
-    """Write the PNG grid: one panel per key (patterns expanded), one line per run (x matched key)."""
+def _grid(runs: dict[str, list[dict]], keys: list[str]):
+    """pyplot, the panels (expand_keys), the figure, its axes and the colour cycle, for len(panels) panels."""
     try:
         import matplotlib
 
@@ -111,10 +140,27 @@ def plot(runs: dict[str, list[dict]], keys: list[str], out: str | Path, smooth_k
         print(f"not in any run, skipped: {', '.join(missing)}")
     if not panels:
         raise ValueError(f"none of the keys {keys} occur in the metrics of {', '.join(runs)}")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.4 * nrows), squeeze=False)
+    return plt, panels, fig, axes, plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _save(plt, fig, axes, n_panels: int, out: str | Path) -> Path:
+    """Blank the unused panels and write the PNG (parent folders created)."""
+    for ax in list(axes.flat)[n_panels:]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot(runs: dict[str, list[dict]], keys: list[str], out: str | Path, smooth_k: int = 1) -> Path:
+    """Write the PNG grid: one panel per key (patterns expanded), one line per run (x matched key)."""
+    plt, panels, fig, axes, colors = _grid(runs, keys)
     for ax, (title, matched) in zip(axes.flat, panels):
         sparse = title.startswith(SPARSE_PREFIX)
         for r, (run, rows) in enumerate(runs.items()):
@@ -134,14 +180,31 @@ def plot(runs: dict[str, list[dict]], keys: list[str], out: str | Path, smooth_k
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, axes, len(panels), out)
+
+
+def plot_bands(runs: dict[str, list[dict]], keys: list[str], out: str | Path, smooth_k: int = 1) -> Path:
+    """Write the PNG grid of several seeds per configuration: one panel per key, per configuration (group_by_config)
+    the mean over seeds and a band from the lowest to the highest seed (seed_band)."""
+    plt, panels, fig, axes, colors = _grid(runs, keys)
+    groups = group_by_config(list(runs))
+    for ax, (title, matched) in zip(axes.flat, panels):
+        sparse = title.startswith(SPARSE_PREFIX)
+        for c, (config, names) in enumerate(groups.items()):
+            steps, mean, low, high = seed_band([runs[n] for n in names], matched)
+            if not steps:
+                continue
+            if not sparse:
+                mean, low, high = smooth(mean, smooth_k), smooth(low, smooth_k), smooth(high, smooth_k)
+            color, style = colors[c % len(colors)], dict(marker="o", markersize=3) if sparse else {}
+            ax.plot(steps, mean, label=f"{config} ({len(names)} seeds)", color=color, linewidth=1.4, **style)
+            ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
+        ax.set_title(title + (" (mean over matches)" if len(matched) > 1 else "")
+                     + (f" (smoothed, k={smooth_k})" if smooth_k > 1 and not sparse else ""), fontsize=10)  # fmt: skip
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(plt, fig, axes, len(panels), out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--smooth", type=int, default=1, help="trailing moving-average window in steps (1 = off)")
     parser.add_argument("--keys", nargs="+", default=DEFAULT_KEYS, help="metrics to draw, `*` patterns allowed")
+    parser.add_argument("--bands", action="store_true", help="runs named <config>-s<seed>: mean and band per config")
     args = parser.parse_args(argv)
     if args.smooth < 1:
         raise ValueError(f"--smooth {args.smooth}: expected a window of at least 1 step")
@@ -157,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(set(names)) < len(names):  # same folder name under different parents: use the paths as given
         names = [str(r) for r in args.runs]
     runs = {name: load_metrics(r) for name, r in zip(names, args.runs)}
-    print(f"wrote {plot(runs, args.keys, args.out, args.smooth)}")
+    print(f"wrote {(plot_bands if args.bands else plot)(runs, args.keys, args.out, args.smooth)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from plot import expand_keys, load_metrics, main, series, short_label, smooth
+from plot import expand_keys, group_by_config, load_metrics, main, seed_band, series, short_label, smooth
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -120,3 +120,28 @@ def test_command_line_error_is_one_line(tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode != 0
     assert proc.stderr.strip() == f"error: {tmp_path / 'nope'}: no such run folder"
+
+
+def test_group_by_config_strips_the_seed_suffix_only():
+    names = ["aapo-aug-s1", "grpo-s1", "aapo-aug-s2", "grpo-s12", "grpo-sx", "drgrpo"]
+    assert group_by_config(names) == {"aapo-aug": ["aapo-aug-s1", "aapo-aug-s2"], "grpo": ["grpo-s1", "grpo-s12"],
+                                      "grpo-sx": ["grpo-sx"], "drgrpo": ["drgrpo"]}  # fmt: skip
+
+
+def test_seed_band_hand_computed():
+    # seed A logs eval at 0, 3, 6; seed B at 0, 3 only: the band keeps the common steps 0 and 3
+    a = [{"step": 0, "e": 0.2}, {"step": 3, "e": 0.5, "t/x": 1.0, "t/y": 3.0}, {"step": 6, "e": 0.9}]
+    b = [{"step": 0, "e": 0.4}, {"step": 3, "e": 0.7, "t/x": 2.0, "t/y": 6.0}]
+    steps, mean, low, high = seed_band([a, b], ["e"])
+    assert steps == [0, 3]
+    assert mean == pytest.approx([0.3, 0.6]) and low == pytest.approx([0.2, 0.5]) and high == pytest.approx([0.4, 0.7])
+    # several keys (a pattern's matches) are averaged within a seed first: A (1+3)/2 = 2, B (2+6)/2 = 4
+    assert seed_band([a, b], ["t/x", "t/y"]) == ([3], [3.0], [2.0], [4.0])
+    assert seed_band([a, b], ["missing"]) == ([], [], [], [])
+
+
+def test_png_bands(tmp_path):
+    runs = [write_run(tmp_path / f"{c}-s{s}", synthetic_rows(6 + s)) for c in ("grpo", "aapo-aug") for s in (1, 2)]
+    out = tmp_path / "bands.png"
+    main([*map(str, runs), "--bands", "--out", str(out), "--smooth", "2"])
+    check_png(out)

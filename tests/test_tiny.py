@@ -67,3 +67,24 @@ def test_problems_are_disjoint_and_answers_right():
         a, op, b = r["problem"][:2], r["problem"][2], r["problem"][3:5]
         assert int(r["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b)) >= 0
     assert tiny.make_problems(500, 100, seed=3) == (train, held_out)  # dev is drawn after: same train/held-out
+
+
+def test_warm_start_checks_coarsely_then_finely_and_stops_at_the_target(monkeypatch):
+    """Dev checks every sft_check_every steps until the accuracy is within sft_fine_margin of the target, then every
+    sft_check_fine steps (even after a dip back below the margin), and the first check at the target stops it."""
+    settings = dict(tiny.SETTINGS, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    num_key_value_heads=1, sft_batch=2, sft_steps=200, sft_check_every=25, sft_check_fine=5,
+                    sft_fine_margin=0.25, sft_target=0.5)  # fmt: skip
+    script = iter([0.0, 0.3, 0.2, 0.45, 0.55, 0.9])  # step 25, 50 (near: 0.3 >= 0.25), 55 (dip), 60, 65 (stop)
+    monkeypatch.setattr(tiny, "dev_accuracy", lambda model, tokenizer, rows: next(script))
+    steps = []
+    tok = tiny.build_tokenizer()
+    train, _, dev = tiny.make_problems(50, 5, seed=0, n_dev=5)
+    acc = tiny.warm_start(tiny.build_model(tok, settings), tok, train, dev, settings, seed=0,
+                          log=lambda line: steps.append(int(line.split()[3])))  # fmt: skip
+    assert steps == [25, 50, 55, 60, 65] and acc == 0.55
+
+
+def test_seed_changes_the_cached_world():
+    assert tiny.cache_key(tiny.SETTINGS, 1) != tiny.cache_key(tiny.SETTINGS, 2)
+    assert tiny.make_problems(100, 20, seed=1) != tiny.make_problems(100, 20, seed=2)

@@ -616,3 +616,13 @@ def test_truncate_jsonl_keeps_rows_up_to_the_step_and_drops_a_cut_line(tmp_path)
     assert path.read_text() == '{"step": 0, "a": 1}\n{"step": 1}\n'
     truncate_jsonl(path, -1)  # --resume before the first checkpoint: every row is redone
     assert path.read_text() == ""
+
+
+def test_lr_schedule_hand_computed():
+    from train import lr_at
+
+    assert [lr_at(2.0, "constant", s, 4) for s in range(4)] == [2.0] * 4
+    # cosine over 4 steps: 2 * (1 + cos(pi * s / 4)) / 2 = 2, 1 + sqrt(2)/2, 1, 1 - sqrt(2)/2
+    assert [lr_at(2.0, "cosine", s, 4) for s in range(4)] == pytest.approx([2.0, 1 + 2**-0.5, 1.0, 1 - 2**-0.5])
+    with pytest.raises(ValueError, match="--lr-schedule 'linear'"):
+        parse_config(["--preset", "tiny", "--lr-schedule", "linear"])

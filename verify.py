@@ -106,6 +106,18 @@ _PHRASE_RE = re.compile(
     r"(?im)(?:\b(?:final answer|the answer)(?:\s+is\b\s*:?|\s*:)|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
 )
 _LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+_CHAT_MARKER_RE = re.compile(r"<\|[A-Za-z_]+\|>|</s>")  # end of the model's turn (ChatML, Llama 3, ...)
+_MATH_RE = re.compile(
+    r"\$\$(.{1,2000}?)\$\$|\\\[(.{1,2000}?)\\\]|\\\((.{1,2000}?)\\\)|(?<![\\$])\$(?!\$)([^$]{1,2000}?)(?<!\\)\$", re.S
+)
+_SUCCESSION_RE = re.compile(  # words that make the later answer replace the earlier one
+    r"(?i)\b(?:then|so|thus|hence|therefore|finally|but|wait|actually|instead|gives?|gets?|becomes?|is|are|was|equals|"
+    r"means|which|not|check|recheck|correct(?:ed|ion)?|mistake|wrong|or rather|again)\b"
+)
+_NAME_RE = re.compile(r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{?\w+\}?)?")  # $n$, $\\alpha$
+_NEGATION_RE = re.compile(
+    r"(?:\bnot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$", re.I
+)
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
@@ -143,6 +155,42 @@ def _last_boxed(text: str) -> str | None:
     return m.group(0) if m and last.group(0) != last.group(0).rstrip() else None
 
 
+def _box_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every closed \\boxed{...} / \\fbox{...}, outermost only, in order."""
+    out = []
+    for m in _BOX_RE.finditer(text):
+        if out and m.start() < out[-1][1]:  # a box inside a box
+            continue
+        group = _braced(text, m.end())
+        if group is not None:
+            out.append((m.start(), group[1], group[0].strip()))
+    return out
+
+
+def _joins(gap: str, words: int) -> bool:
+    """Whether the text between two answers only joins them into one answer: ", ", " and ", "\\quad or \\quad",
+    "\\text{ and }", ", x_2 = ", and (between boxes, words=4) a few words: "$ papers and $". A sentence end, a blank
+    line, a number or an arithmetic sign in between means the earlier one is a step of the work, not part of the
+    answer ("\\boxed{2} + 3 = \\boxed{5}")."""
+    if len(gap) > 80 or "\n\n" in gap or re.search(r"[.!?](?:\s|\$|$)", gap):
+        return False
+    bare = re.sub(r"_\{?\w+\}?|\\[a-zA-Z]+|[${}\s,;:=()]", " ", gap)  # subscripts, commands, punctuation
+    free = [w for w in bare.split() if w.lower() not in ("and", "or") and len(w) > 1]
+    return not re.search(r"[\d+\-*/^<>|]", bare) and len(free) <= words and not _SUCCESSION_RE.search(bare)
+
+
+def _joined(spans: list[tuple[int, int, str]], text: str, words: int) -> tuple[int, str] | None:
+    """(start, answer) of the last answer span together with the spans just before it that _joins links to it:
+    several answers written one after the other are one answer, "a, b" (duplicates dropped); None if no span."""
+    if not spans:
+        return None
+    j = len(spans) - 1
+    while j > 0 and _joins(text[spans[j - 1][1] : spans[j][0]], words):
+        j -= 1
+    parts = list(dict.fromkeys(c for _, _, c in spans[j:] if c))
+    return spans[j][0], ", ".join(parts)
+
+
 def _answer_phrase(text: str) -> str | None:
     """What follows the last "final answer is" / "the answer is": a $...$ group, else the rest of the sentence."""
     last = None
@@ -159,12 +207,45 @@ def _answer_phrase(text: str) -> str | None:
     return rest.strip() or None
 
 
+def _math_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every $...$, $$...$$, \\(...\\) and \\[...\\] in the text, in order."""
+    return [(m.start(), m.end(), next(g for g in m.groups() if g is not None).strip()) for m in _MATH_RE.finditer(text)]
+
+
+def _negated(before: str) -> bool:
+    """Whether the words just before a value deny it: "it isn't 42", "x is not $5$", "cannot be 3", "\\neq 2"."""
+    return bool(_NEGATION_RE.search(before[-40:]))
+
+
+def _closing_value(text: str) -> str | None:
+    """The answer of a response without a box, phrase or tag: the last math span (with the spans _joins links to it),
+    unless a plain number follows it ("... the largest $n$ is 34."). A span that only names a variable ($n$) is not
+    an answer; a number after "approximately" restates the value; a denied value ("isn't 42") is no answer."""
+    spans = [sp for sp in _math_spans(text) if sp[2] and not _NAME_RE.fullmatch(sp[2])]
+    group = _joined(spans, text, words=0)
+    tail_from = spans[-1][1] if spans else 0
+    number = None
+    for number in _LAST_NUMBER_RE.finditer(text, tail_from):
+        pass
+    if number is not None and not re.search(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$",
+                                            text[max(0, number.start() - 20) : number.start()]):
+        start, answer = number.start(), number.group(0)
+    elif group is not None:
+        start, answer = group
+    else:
+        return None
+    return None if _negated(text[:start]) else answer
+
+
 def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) -> str | None:
     """The final answer of a model response, or None.
 
-    Cut at the first </answer>; then the last \\boxed{}/\\fbox{} (nested braces); with boxed_only nothing else counts.
-    Otherwise: the content of <answer>...</answer>, then "The final answer is: ..." / "the answer is ...", and, unless
-    strict, the last number in the text. The string is returned as written; is_equivalent does the normalisation
+    Cut at the first </answer>; with boxed_only the last \\boxed{}/\\fbox{} (nested braces) or nothing. Otherwise also
+    cut at the first chat-template marker (<|im_start|>, <|im_end|>, ...: what follows is not this response), then:
+    the last box together with the boxes just before it that only a connector separates from it ("\\boxed{1},
+    \\boxed{2}" -> "1, 2", see _joins; one box gives its content as before); the content of <answer>...</answer>; what
+    follows "The final answer is: ..." / "the answer is ..."; and, unless strict, the closing value (_closing_value:
+    the last math span, or a number after it). The string is returned as written; is_equivalent does the normalisation
     (see _normalize).
     """
     if not isinstance(text, str) or not text:
@@ -172,9 +253,16 @@ def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) ->
     cut = text.find("</answer>")
     if cut >= 0:
         text = text[:cut]
+    if boxed_only:
+        return _last_boxed(text)
+    marker = _CHAT_MARKER_RE.search(text)
+    if marker:
+        text = text[: marker.start()]
+    spans = _box_spans(text)
     boxed = _last_boxed(text)
-    if boxed is not None or boxed_only:
-        return boxed
+    if boxed is not None:
+        group = _joined(spans, text, words=4) if spans and spans[-1][2] == boxed else None
+        return group[1] if group is not None else boxed
     opened = text.rfind("<answer>")
     if opened >= 0:
         inner = text[opened + len("<answer>") :].strip()
@@ -186,7 +274,7 @@ def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) ->
     phrase = _answer_phrase(text)
     if phrase is not None or strict:
         return phrase
-    return _last_number(text)
+    return _closing_value(text)
 
 
 def _last_number(text: str) -> str | None:
@@ -237,7 +325,7 @@ _SIZING_RE = re.compile(
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|\^\s*\{\s*(?:\\prime\s*)+\}|\^\s*\\prime")
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
-_MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])")
+_MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*)?")  # "(C) 12", "C", "C. x = 42", "B)"
 _TIME_RE = re.compile(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([aApP])\.?\s*[mM]\.?")
 _NUMBER_WORDS_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s+[a-zA-Z]{3,}(?:\s+[a-zA-Z]+)*")
 
@@ -273,7 +361,7 @@ def _strip_trailing_unit(s: str) -> str:
 
 def _normalize(s: str) -> tuple[str, bool]:
     """Formatting-free form of an answer string, and whether it carried a percent sign."""
-    s = s.strip()
+    s = re.sub("\u221a\\s*(\\d+(?:\\.\\d+)?)", r"\\sqrt{\1}", s.strip())  # √12 is \\sqrt{12}, not \\sqrt{1}2
     for k, v in _UNICODE.items():
         if k in s:
             s = s.replace(k, v)
@@ -292,6 +380,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
     s = re.sub(r"\\operatorname\s*\{\s*([a-zA-Z]+)\s*\}", r"\\\1 ", s)
+    s = re.sub(r"(\d)\{,\}(?=\d{1,2}(?!\d)|\d{4})", r"\1.", s)  # 2{,}5 and 3{,}1416: a decimal comma
     s = re.sub(r"(\d)\s*(?:\{,\}|,\\!)\s*(?=\d{3})", r"\1", s)  # 10,\!080 and 1{,}000: thousands separators
     s = _SPACES_RE.sub(lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
     s = re.sub(r"\\langle", "(", s).replace("\\rangle", ")")
@@ -315,10 +404,10 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = _PLAIN_FUNCS_RE.sub(r"\\\1", s)
     s = re.sub(r"\\infty|(?<!\\)\b(?:infinity|inf)\b", r"\\infty ", s)
     s = re.sub(r"\s+", " ", s).strip()
-    s = re.sub(r"(?:\s|[.,;]|\\\s)+$", "", s)  # trailing sentence punctuation
+    s = re.sub(r"(?:\s|[.,;]|\\)+$", "", s)  # trailing sentence punctuation, a stray "\\" or "\\\\"
+    if re.fullmatch(_THOUSANDS, s) or re.fullmatch(r"[1-9]\d{0,2}(?: \d{3})+", s):
+        s = s.replace(",", "").replace(" ", "")  # a whole answer "1,000": thousands, not the list (1, 0) nor "1, 000"
     s = re.sub(r" ?([^\w\s\\]) ?", r"\1", s)  # spaces next to symbols carry no meaning
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) or re.fullmatch(r"\d{1,3}(?: \d{3})+", s):
-        s = s.replace(",", "").replace(" ", "")  # a whole answer "1,000": thousands, not the list (1, 0)
     m = _TIME_RE.fullmatch(s)
     if m:  # 4:30 p.m. -> "time 16:30" (a word answer: compared as text, never as the ratio 4:30)
         hour = int(m.group(1)) % 12 + (12 if m.group(4).lower() == "p" else 0)
@@ -329,9 +418,23 @@ def _normalize(s: str) -> tuple[str, bool]:
     return s, percent
 
 
+_THOUSANDS = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"  # 1,000 and 12,345.5 (never 0,111 nor 1000,99)
+
+
+def _decimal_comma(s: str) -> tuple | None:
+    """The reading of "2,74", "0,111" or "1000,99" (one comma, no space, not a thousands separator) with a decimal
+    comma; the list reading (2, 74) is kept too: either may match. None for anything else."""
+    s = s.strip().strip("$").strip()
+    if not re.fullmatch(r"-?\d+,\d+", s) or re.fullmatch(_THOUSANDS, s):
+        return None
+    return _number(s.replace(",", ".").lstrip("-")) if s[0] != "-" else ("neg", _number(s[1:].replace(",", ".")))
+
+
 def _has_words(s: str) -> bool:
     """Whether an answer contains a word outside LaTeX commands: a run of 3+ letters with a lower-case vowel
     ("Evelyn", "even", "None") or all capitals ("MAKE", "LQSX"). Runs like "LCs" or "xyz" stay products of symbols."""
+    s = re.sub(r"_\{[^{}]*\}|_\w", "", s)  # subscripts are parts of names: S_{MBCN}, V_{ABC}
+    s = re.sub(r"^[\sa-zA-Z\\{}|:()]*=", "", s)  # a label "\\angle ABC =" names the value, it is not a word answer
     bare = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}|\\[a-zA-Z]+", " ", s)
     return any(re.search(r"[aeiou]", w) or w.isupper() for w in _WORD_RE.findall(bare))
 
@@ -372,7 +475,7 @@ _FUNCS = {
 _INVERSE = {"sin": "arcsin", "cos": "arccos", "tan": "arctan", "cot": "arccot", "sec": "arcsec", "csc": "arccsc"}
 _RELOPS = {
     "=": "=", "<": "<", ">": ">", "\\le": "<=", "\\leq": "<=", "\\leqslant": "<=", "\\ge": ">=", "\\geq": ">=",
-    "\\geqslant": ">=", "\\lt": "<", "\\gt": ">", "\\ne": "!=", "\\neq": "!=", "\\approx": "=", "\\in": "in",
+    "\\geqslant": ">=", "\\lt": "<", "\\gt": ">", "\\ne": "!=", "\\neq": "!=", "\\approx": "~", "\\in": "in",
 }  # fmt: skip
 _MUL_OPS = {"*", "\\cdot", "\\times", "\\ast"}
 _DIV_OPS = {"/", "\\div"}
@@ -954,6 +1057,8 @@ def _num(node: tuple, env: dict, ctx=_MP):
         ex = _exact(node[2])
         if k == "root" and ex is not None and ex.denominator == 1 and ex % 2 == 1 and _real(b) < 0 and b.imag == 0:
             return -ctx.root(-b, int(ex))  # odd root of a negative number: the real root, \sqrt[3]{-8} = -2
+        if k == "pow" and ex is not None and ex.denominator % 2 == 1 and ex.denominator > 1 and b.imag == 0 and b < 0:
+            return (-1) ** (ex.numerator % 2) * ctx.power(-b, e)  # the real root too: (-8)^{2/3} = 4, as \sqrt[3]{-8}^2
         if abs(b) not in (0, 1) and abs(e) * (abs(ctx.mag(b)) + 1) > MAX_MAG:
             raise _TooBig("power too large")
         return _mag_ok(ctx.power(b, e))
@@ -1167,17 +1272,166 @@ def _flip(node: tuple) -> tuple:
     return node
 
 
-def _variable_like(node: tuple) -> bool:
-    """x, a_1, f(x), f(x, y), (x, y): a left-hand side that only names the answer."""
-    if node[0] == "sym" or (node[0] == "seq" and all(c[0] == "sym" for c in node[2])):
+_LABEL_KINDS = {"sym", "mul", "frac", "abs", "ratio", "add", "seq"}
+_INF = ("const", "inf")
+
+
+def _label_like(node: tuple, value: tuple | None = None) -> bool:
+    """A left-hand side that only names the answer: x, a_1, f(x), (x, y), |AB|, a+b, xy, \\frac{NO}{BO}, V_1:V_2,
+    \\angle ABC (symbols joined without numbers); and any name of a matrix ("A^{-1} = \\begin{pmatrix}...")."""
+    if value is not None and value[0] == "matrix":
         return True
-    return node[0] == "mul" and node[1][0][0] == "sym" and all(c[0] in ("sym", "seq") for c in node[1][1:])
+    return bool(_symbols(node)) and all(n[0] in _LABEL_KINDS for n in _walk(node))
 
 
 def _rhs(node: tuple) -> tuple | None:
-    """The value of "x = 5" / "x \\in [1, 2]" when the left side only names it."""
-    if node[0] == "rel" and len(node[1]) == 1 and node[1][0] in ("=", "in") and _variable_like(node[2][0]):
-        return node[2][1]
+    """The value a relation states about a named quantity: "x = 5" -> 5, "x \\in [1, 2]" -> [1, 2], "|AB| = 1" -> 1,
+    "S = 3 + 4 = 7" -> 7 (a chain ends in its result); None for equations like "2x = 10"."""
+    if node[0] != "rel" or not _label_like(node[2][0], node[2][1]):
+        return None
+    ops, exprs = node[1], node[2]
+    if ops == ("in",) or all(o == "=" for o in ops):
+        return exprs[-1]
+    return None
+
+
+def _settle(node: tuple) -> tuple:
+    """A relation with \\approx loses its approximations: "\\frac{\\sqrt3}{3} \\approx 0.577" -> \\frac{\\sqrt3}{3},
+    "x = \\sqrt2 \\approx 1.41" -> "x = \\sqrt2"; a bare "x \\approx 1.41" is "x = 1.41" (the decimal is the answer)."""
+    if node[0] != "rel" or "~" not in node[1]:
+        return node
+    ops, exprs = node[1], node[2]
+    cut = ops.index("~")
+    if cut == 0 and len(exprs) == 2 and _label_like(exprs[0]):
+        return ("rel", ("=",), exprs)
+    if cut == 0:
+        return exprs[0]
+    return _settle(("rel", ops[:cut], exprs[: cut + 1])) if cut > 1 else ("rel", ops[:1], exprs[:2])
+
+
+def _regroup(node: tuple) -> tuple:
+    """"p = 5, q = 2; p = 7, q = 2" -> "(5, 2), (7, 2)": labelled values whose names repeat in a cycle are a list of
+    tuples, one per cycle (a single cycle "p = 5, q = 2" already compares with "(5, 2)" in order)."""
+    if node[0] != "list":
+        return node
+    items = node[1]
+    names = [c[2][0] if c[0] == "rel" and c[1] == ("=",) and c[2][0][0] == "sym" else None for c in items]
+    m = len(set(names))
+    if None in names or m < 2 or len(names) == m or len(names) % m or names != names[:m] * (len(names) // m):
+        return node
+    return ("list", tuple(("seq", "()", tuple(c[2][1] for c in items[i : i + m])) for i in range(0, len(items), m)))
+
+
+def _constant(node: tuple):
+    """The real value of a constant expression (None when it has symbols or no real value)."""
+    if _symbols(node):
+        return None
+    try:
+        return _real(_num(node, {}))
+    except (_ParseError, ValueError, ZeroDivisionError, _TooBig, TypeError):
+        return None
+
+
+def _subst(node: tuple, name: str, value: tuple) -> tuple:
+    """The tree with the symbol `name` replaced by the tree `value`."""
+    if node == ("sym", name):
+        return value
+
+    def field(f):
+        if isinstance(f, tuple) and f and isinstance(f[0], str):
+            return _subst(f, name, value)
+        return tuple(field(g) for g in f) if isinstance(f, tuple) else f
+
+    return (node[0],) + tuple(field(f) for f in node[1:])
+
+
+def _affine(t: tuple, name: str) -> tuple | None:
+    """(a, b, sign of a) with t = a*name + b, when t is affine in name (checked at two more points); else None."""
+    at = [_subst(t, name, ("num", Fraction(v), False)) for v in (0, 1, Fraction(5, 2), Fraction(-3, 7))]
+    vals = [_constant(x) for x in at]
+    if any(v is None for v in vals):
+        return None
+    a, b = vals[1] - vals[0], vals[0]
+    if a == 0 or any(not _close(v, b + a * (_MP.mpf(x.numerator) / x.denominator), 1e-20)
+                     for v, x in zip(vals[2:], (Fraction(5, 2), Fraction(-3, 7)))):
+        return None
+    return ("add", (at[1], ("neg", at[0]))), at[0], 1 if a > 0 else -1
+
+
+def _interval(lo: tuple, lo_closed: bool, hi: tuple, hi_closed: bool) -> tuple:
+    return ("seq", ("[" if lo_closed and lo != ("neg", _INF) else "(") + ("]" if hi_closed and hi != _INF else ")"),
+            (lo, hi))
+
+
+def _mirror(e: tuple) -> tuple:
+    return ("neg", _INF) if e == _INF else _INF if e == ("neg", _INF) else ("neg", e)
+
+
+def _unfold_abs(parts: list) -> list | None:
+    """{s : |s| in parts}: |s| <= 2 -> [-2, 2]; 1 <= |s| <= 3/2 -> [-3/2, -1] u [1, 3/2]; |s| > 1 -> (-oo,-1) u (1,oo)."""
+    out = []
+    for _, br, (lo, hi) in parts:
+        lo_value = -1 if lo == ("neg", _INF) else _constant(lo)
+        if lo_value is None:
+            return None
+        if lo_value < 0:
+            out.append(_interval(_mirror(hi), br[1] == "]", hi, br[1] == "]"))
+        else:
+            out += [_interval(_mirror(hi), br[1] == "]", _mirror(lo), br[0] == "["), ("seq", br, (lo, hi))]
+    return out
+
+
+def _preimage(t: tuple, parts: list) -> list | None:
+    """{x : t(x) in parts} for the one variable x of t: through |.|, and an affine t (2x - 4, -x, x + 1: divided out,
+    flipped when a < 0); when t only names a quantity (f(x), a + b, |AB|) the parts are its range as written."""
+    if t[0] == "abs" and (t[1][0] == "sym" or not _label_like(t[1])):
+        unfolded = _unfold_abs(parts)
+        return None if unfolded is None else _preimage(t[1], unfolded)
+    if _label_like(t):
+        return parts
+    names = _symbols(t)
+    aff = _affine(t, next(iter(names))) if len(names) == 1 else None
+    if aff is None:
+        return None
+    a, b, sign = aff
+
+    def back(e):  # u -> (u - b) / a; an infinite end stays infinite (its sign flips with a)
+        if e in (_INF, ("neg", _INF)):
+            return e if sign > 0 else _mirror(e)
+        return ("frac", ("add", (e, ("neg", b))), a)
+
+    out = []
+    for _, br, (lo, hi) in parts:
+        if sign > 0:
+            out.append(_interval(back(lo), br[0] == "[", back(hi), br[1] == "]"))
+        else:
+            out.append(_interval(back(hi), br[1] == "]", back(lo), br[0] == "["))
+    return out
+
+
+def _relation_set(node: tuple) -> list | None:
+    """A relation in one variable (or about one named quantity) as intervals of that variable: "x > 3", "2 <= x < 5",
+    "-x > -1" (x < 1), "2x - 4 >= 0", "x \\neq 2", "|x| < 3", "1 <= |z| <= 3/2", "0 < f(x) < 1"; None otherwise."""
+    r = _flip(node)
+    ops, exprs = r[1], r[2]
+    const = [not _symbols(e) for e in exprs]
+    if ops == ("!=",) and const.count(True) == 1:
+        t, c = (exprs[0], exprs[1]) if const[1] else (exprs[1], exprs[0])
+        return _preimage(t, [_interval(("neg", _INF), False, c, False), _interval(c, False, _INF, False)])
+    if not all(o in ("<", "<=") for o in ops) or len(exprs) not in (2, 3):
+        return None
+    if len(exprs) == 3:
+        if const != [True, False, True]:
+            return None
+        return _preimage(exprs[1], [_interval(exprs[0], ops[0] == "<=", exprs[2], ops[1] == "<=")])
+    closed = ops[0] == "<="
+    if const == [True, False]:
+        return _preimage(exprs[1], [_interval(exprs[0], closed, _INF, False)])
+    if const == [False, True]:
+        return _preimage(exprs[0], [_interval(("neg", _INF), False, exprs[1], closed)])
+    if const == [False, False]:  # both sides vary: lhs - rhs < 0
+        zero = ("num", Fraction(0), False)
+        return _preimage(("add", (exprs[0], ("neg", exprs[1]))), [_interval(("neg", _INF), False, zero, closed)])
     return None
 
 
@@ -1192,21 +1446,7 @@ def _intervals(node: tuple) -> list | None:
     if k == "rel":
         if _rhs(node) is not None:
             return _intervals(_rhs(node))
-        r = _flip(node)
-        ops, exprs = r[1], r[2]
-        if not all(o in ("<", "<=") for o in ops) or len(exprs) not in (2, 3):
-            return None
-        var = [i for i, e in enumerate(exprs) if e[0] == "sym"]
-        if len(var) != 1 or _symbols(("list", exprs)) != {exprs[var[0]][1]}:
-            return None
-        inf = ("const", "inf")
-        if len(exprs) == 3 and var[0] == 1:
-            return [("seq", ("(" if ops[0] == "<" else "[") + (")" if ops[1] == "<" else "]"), (exprs[0], exprs[2]))]
-        if len(exprs) == 2 and var[0] == 1:
-            return [("seq", ("(" if ops[0] == "<" else "[") + ")", (exprs[0], inf))]
-        if len(exprs) == 2 and var[0] == 0:
-            return [("seq", "(" + (")" if ops[0] == "<" else "]"), (("neg", inf), exprs[1]))]
-        return None
+        return _relation_set(node)
     if k == "list":
         parts = [_intervals(p) for p in node[1]]
         return None if any(p is None or p[0][0] != "seq" for p in parts) else [i for p in parts for i in p]
@@ -1276,7 +1516,7 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
     """Structural comparison; scalars go to _scalar_equal."""
     if p == g:
         return True, "identical expressions"
-    p, g = _pm_list(p), _pm_list(g)
+    p, g = _pm_list(_regroup(_settle(p))), _pm_list(_regroup(_settle(g)))
     kp, kg = p[0], g[0]
     if kp == "rel" or kg == "rel":
         if kp == "rel" and kg == "rel":
@@ -1316,6 +1556,8 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
         return (True, "same tuple/interval") if _ordered_equal(p[2], g[2]) else (False, "different tuple/interval")
     if kp in _UNORDERED and kg in _UNORDERED:
         return (True, "same elements (any order)") if _unordered_equal(p[1], g[1]) else (False, "different elements")
+    if kp == "list" and kg not in _UNORDERED and all(_equal(c, g)[0] for c in p[1]):
+        return True, "every listed form equals the gold"  # "\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}"
     if {kp, kg} == {"seq", "list"} and "()" in (p[1], g[1]):  # "1, 2" against "(1, 2)": same values, same order
         ps, gs = p[-1], g[-1]
         return (True, "same values in order") if _ordered_equal(ps, gs) else (False, "different values")
@@ -1334,6 +1576,10 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
         if 0 in (_exact(a), _exact(b), _exact(c), _exact(d)):
             return (True, "same ratio") if _ordered_equal(p[1], g[1]) else (False, "different ratios")
         return _scalar_equal(("mul", (a, d)), ("mul", (b, c)))
+    if "ratio" in (kp, kg) and {kp, kg} <= _SCALARS | {"ratio"}:  # 11:21 against 11/21: the quotient
+        (a, b), other = (p[1], g) if kp == "ratio" else (g[1], p)
+        ok, why = _scalar_equal(("frac", a, b), other)
+        return ok, f"ratio as a quotient: {why}"
     if kg == "base":  # 52_8 vs 52_{8}, or the bare digits "52" (the problem asked for base 8)
         if kp == "base":
             return (True, "same numeral") if p[2] == g[2] and _exact(p) == _exact(g) else (False, "different numerals")
@@ -1363,9 +1609,12 @@ def _prepare(s: str) -> tuple:
         return norm, percent, None, f"cannot parse: {e}"
 
 
-def _percent_variants(node: tuple, percent: bool) -> list:
-    """A value written with % stands for itself and for value/100 ("25%" matches 25 and 0.25)."""
-    return [node, ("mul", (node, ("num", Fraction(1, 100), False)))] if percent else [node]
+def _variants(raw: str, node: tuple, percent: bool) -> list:
+    """The readings of an answer: as written; a value with % also as value/100 ("25%" matches 25 and 0.25); "2,74"
+    also with a decimal comma (see _decimal_comma)."""
+    out = [node, ("mul", (node, ("num", Fraction(1, 100), False)))] if percent else [node]
+    comma = _decimal_comma(raw)
+    return out + [comma] if comma is not None else out
 
 
 def _decide(pred: str, gold: str) -> tuple[bool, str]:
@@ -1400,11 +1649,11 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
         if tp is None:
             return False, f"prediction {errp}"
         why = ""
-        for vp in _percent_variants(tp, pp):
-            for vg in _percent_variants(tg, pg):
+        for vp in _variants(pred, tp, pp):
+            for vg in _variants(gold, tg, pg):
                 ok, why = _equal(vp, vg)
                 if ok:
-                    return True, why + (" (percent)" if vp is not tp or vg is not tg else "")
+                    return True, why + (" (another reading: percent or decimal comma)" if vp is not tp or vg is not tg else "")
         return False, why
     except _TooBig as e:
         return False, f"too large to compare ({e})"

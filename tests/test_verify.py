@@ -195,6 +195,52 @@ EQUAL = [
     ("\\text{Evelyn}", "Evelyn"),
     ("\\text{east}", "East"),
     ("\\text{4:30 p.m.}", "4:30 PM"),
+    # labels: a left side made of names only (no numbers) names the value; a chain ends in its result
+    ("|AB| = 1", "1"),
+    ("V_1:V_2 = 11:21", "11:21"),
+    ("S_{MBCN}:S = 7:32", "7:32"),
+    ("\\frac{NO}{BO} = \\frac{1}{\\sqrt 6}", "\\frac{\\sqrt6}{6}"),
+    ("a+b = 7", "7"),
+    ("\\angle ABC = 30^\\circ", "30"),
+    ("A^{-1} = \\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
+    ("S = 3 + 4 = 7", "7"),
+    ("11:21", "\\frac{11}{21}"),
+    ("p = 5, q = 2; p = 7, q = 2", "(5, 2), (7, 2)"),
+    # \approx: what follows it approximates what precedes
+    ("\\frac{\\sqrt{3}}{3} \\approx 0.577", "\\frac{\\sqrt3}{3}"),
+    ("x = \\sqrt2 \\approx 1.414", "\\sqrt 2"),
+    ("x \\approx 3.5", "x = 3.5"),
+    # relations in one variable as sets: affine sides solved, |x| unfolded, a named quantity's range
+    ("1 \\le |z| \\le \\frac32", "[-\\frac32, -1] \\cup [1, \\frac32]"),
+    ("0 < f(x) < 1", "(0, 1)"),
+    ("m \\geq \\sqrt 2", "[\\sqrt 2, +\\infty)"),
+    ("-x > -1", "x < 1"),
+    ("2x - 4 \\ge 0", "[2, \\infty)"),
+    ("1 < 2x + 1 < 5", "(0, 2)"),
+    ("2x > x + 1", "x > 1"),
+    ("|x| < 3", "(-3, 3)"),
+    ("|x| > 1", "(-\\infty,-1)\\cup(1,\\infty)"),
+    ("x \\neq 2", "(-\\infty, 2) \\cup (2, \\infty)"),
+    ("x \\lt 3", "(-\\infty, 3)"),
+    ("x \\geq 5", "x >= 5"),
+    # number formats: decimal comma where it cannot be a thousands separator, stray backslashes, unicode roots
+    ("1000,99", "1000.99"),
+    ("0,111", "0.111"),
+    ("2,74", "2.74"),
+    ("2{,}5", "2.5"),
+    ("14{,}916", "14916"),
+    ("12,345", "12345"),
+    ("25\\", "25"),
+    ("25\\\\", "25"),
+    ("√12", "2\\sqrt3"),
+    # a choice letter with its option written out
+    ("C. x = 42", "C"),
+    ("B)", "B"),
+    # fractional powers of negative numbers are real roots, like \sqrt[3]{}
+    ("\\sqrt[3]{x^2-2}^2", "(x^2-2)^{2/3}"),
+    ("(x-3)^{1/3}", "\\sqrt[3]{x-3}"),
+    ("(-8)^{2/3}", "4"),
+    ("\\sqrt{2}\\sqrt[3]{2}", "2^{5/6}"),
     # decimals within the 1e-6 relative tolerance (policy: only when neither side is an integer)
     ("0.3333333", "\\frac13"),
     ("3.14159265", "\\pi"),
@@ -287,6 +333,52 @@ NOT_EQUAL = [
     ("\\text{odd}", "\\text{even}"),
     ("\\text{nylevE}", "\\text{Evelyn}"),
     ("4:30", "\\text{4:30 p.m.}"),
+    # labels: the twins of the rules above, and an equation with a number on the left is not a label
+    ("|AB| = 2", "1"),
+    ("V_1:V_2 = 11:20", "11:21"),
+    ("S_{MBCN}:S = 7:33", "7:32"),
+    ("\\frac{NO}{BO} = \\frac{1}{\\sqrt 5}", "\\frac{\\sqrt6}{6}"),
+    ("a+b = 8", "7"),
+    ("\\angle ABC = 60^\\circ", "30"),
+    ("A^{-1} = \\begin{pmatrix}1&0\\\\0&3\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
+    ("S = 3 + 4 = 8", "7"),
+    ("11:21", "\\frac{21}{11}"),
+    ("p = 5, q = 2; p = 7, q = 3", "(5, 2), (7, 2)"),
+    ("p = 5, q = 2; p = 7, q = 2", "(2, 5), (2, 7)"),
+    ("2x = 10", "10"),
+    ("x^2 = 4", "4"),
+    # an approximation is not the exact value, and the exact value is not its approximation
+    ("\\frac{\\sqrt{2}}{3} \\approx 0.471", "\\frac{\\sqrt3}{3}"),
+    ("0.577", "\\frac{\\sqrt3}{3}"),
+    ("\\frac{\\sqrt{3}}{3} \\approx 0.577", "0.577"),
+    # relations as sets: twins
+    ("1 \\le |z| \\le 2", "[-\\frac32, -1] \\cup [1, \\frac32]"),
+    ("0 < f(x) \\le 1", "(0, 1)"),
+    ("m > \\sqrt 2", "[\\sqrt 2, +\\infty)"),
+    ("-x > -1", "x > 1"),
+    ("2x - 4 \\ge 0", "[4, \\infty)"),
+    ("1 < 2x + 1 < 5", "(1, 5)"),
+    ("2x > x + 1", "x < 1"),
+    ("|x| < 3", "(-3, 3]"),
+    ("|x| > 1", "(-1, 1)"),
+    ("x \\neq 2", "x \\neq 3"),
+    ("x^2 < 4", "(-2, 2)"),  # not affine: not solved (a known limit), never guessed
+    # number formats: twins; a list with a space after the comma is a list
+    ("1000,99", "100099"),
+    ("0,111", "111"),
+    ("2,74", "274"),
+    ("2,74", "2.75"),
+    ("2{,}5", "25"),
+    ("1, 234", "1234"),
+    ("14{,}916", "14.916"),
+    ("√13", "2\\sqrt3"),
+    ("C. x = 42", "B"),
+    ("B)", "C"),
+    # fractional powers: twins
+    ("\\sqrt[3]{x^2-2}", "(x^2-2)^{2/3}"),
+    ("(x-3)^{1/3}", "\\sqrt[3]{x+3}"),
+    ("(-8)^{2/3}", "-4"),
+    ("\\sqrt{2}\\sqrt[3]{2}", "2^{6/5}"),
     # empty and malformed
     ("", "5"),
     ("5", ""),
@@ -316,6 +408,7 @@ def test_equal_is_symmetric_on_the_rule_cases():
         ("\\textbf{(C)} 12", "C"),
         ("B", "\\text{(B) } 4"),
         ("4", "\\textbf{(B) }4"),
+        ("C. x = 42", "C"),
     }
     for pred, gold in EQUAL:
         if (pred, gold) not in asymmetric:
@@ -407,6 +500,70 @@ def test_extract_modes():
     assert grade("The answer is 5", "5") is True
 
 
+# Full responses: (response, gold, verdict of grade()). Each rule's true case has a false twin of the same shape.
+RESPONSES = [
+    # several boxes joined by a connector are one unordered answer; a step of the work before the last box is not
+    ("The solutions are $\\boxed{1}, \\boxed{2}$.", "1, 2", True),
+    ("The solutions are $\\boxed{1}, \\boxed{3}$.", "1, 2", False),
+    ("$\\boxed{1}, \\boxed{2}$", "2", False),
+    ("So $x = \\boxed{-3}$ \\quad or \\quad $x = \\boxed{5}$.", "5, -3", True),
+    ("So $x = \\boxed{-3}$ \\quad or \\quad $x = \\boxed{4}$.", "5, -3", False),
+    ("$\\boxed{3}\\text{ and }\\boxed{7}$", "7, 3", True),
+    ("$\\boxed{3}\\text{ and }\\boxed{8}$", "7, 3", False),
+    ("She needs $\\boxed{12}$ papers and $\\boxed{3}$ bins.", "12, 3", True),
+    ("She needs $\\boxed{12}$ papers and $\\boxed{4}$ bins.", "12, 3", False),
+    ("The pairs are $\\boxed{(1,2)}$, $\\boxed{(2,1)}$.", "(2,1), (1,2)", True),
+    ("The pairs are $\\boxed{(1,2)}$, $\\boxed{(2,2)}$.", "(2,1), (1,2)", False),
+    ("$\\boxed{15\\frac{39}{40}}$, or $\\boxed{\\frac{639}{40}}$ inches.", "\\frac{639}{40}", True),
+    ("$\\boxed{15\\frac{39}{40}}$, or $\\boxed{\\frac{637}{40}}$ inches.", "\\frac{639}{40}", False),
+    ("A guess: \\boxed{4}. Checking again, the area is \\boxed{6}.", "6", True),
+    ("A guess: \\boxed{6}. Checking again, the area is \\boxed{4}.", "6", False),
+    ("First \\boxed{2} + 3 = \\boxed{5}", "5", True),
+    # no box: the last math span, or a number stated after it; a span naming a variable is not the answer
+    ("Testing small cases, the largest $n$ is 34.", "34", True),
+    ("Testing small cases, the largest $n$ is 35.", "34", False),
+    ("So $a + b = 7$, and the final value is $\\frac{7}{2}$.", "3.5", True),
+    ("So $a + b = 7$, and the final value is $\\frac{7}{3}$.", "3.5", False),
+    ("**Final Answer**\n$\\frac{3}{4}$", "0.75", True),
+    ("**Final Answer**\n$\\frac{3}{5}$", "0.75", False),
+    ("Thus the inequality holds exactly when \\(x \\geq 5\\).", "[5, \\infty)", True),
+    ("Thus the inequality holds exactly when \\(x > 5\\).", "[5, \\infty)", False),
+    ("Dividing by $-1$ flips it: $$-x > -1$$", "x < 1", True),
+    ("Dividing by $-1$ flips it: $$-x > -1$$", "x > 1", False),
+    ("Solving, $x_1 = 2$ and $x_2 = -7$.", "-7, 2", True),
+    ("Solving, $x_1 = 2$ and $x_2 = 7$.", "-7, 2", False),
+    ("So there are 12 ways to choose $k$.", "12", True),
+    ("The probability is $\\frac{5}{12}$, approximately 0.4167.", "\\frac{5}{12}", True),
+    ("The probability is $\\frac{5}{13}$, approximately 0.3846.", "\\frac{5}{12}", False),
+    ("Multiplying gives 5! = 120. I hope it is correct.", "120", True),
+    ("Multiplying gives 5! = 120. I hope it is correct.", "24", False),
+    # a denied value is no answer
+    ("The total is not 42.", "42", False),
+    ("So the sum isn't $42$.", "42", False),
+    ("Since it isn't 42, we try 43: $43$ works.", "43", True),
+    # text after a chat-template marker is not this response
+    ("So the answer is 42.<|im_start|>user\nWhat is 7 times 3?<|im_end|>\n<|im_start|>assistant\n21", "42", True),
+    ("So the answer is 41.<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n42", "42", False),
+    ("The sum is $\\boxed{9}$.<|im_end|><|im_start|>user\nWrong, it is \\boxed{8}", "9", True),
+    ("The sum is $\\boxed{9}$.<|im_end|><|im_start|>user\nWrong, it is \\boxed{8}", "8", False),
+]
+
+
+@pytest.mark.parametrize("response,gold,verdict", RESPONSES)
+def test_grade_full_responses(response, gold, verdict):
+    assert grade(response, gold) is verdict, (extract_answer(response), gold)
+
+
+def test_one_box_extracts_as_before_and_boxed_only_keeps_the_last_box():
+    """The new paths only add answers where there were none or several: one box gives its content, and the papers'
+    protocol (boxed_only) still takes the last box alone."""
+    assert extract_answer("We get $x = \\boxed{3}$, so $y = 4$.") == "3"
+    assert extract_answer("$\\boxed{1}, \\boxed{2}$") == "1, 2"
+    assert extract_answer("$\\boxed{1}, \\boxed{2}$", boxed_only=True) == "2"
+    assert extract_answer("so $x = 3$", strict=True) is None
+    assert grade("$\\boxed{1}, \\boxed{2}$", "1, 2", boxed_only=True) is False
+
+
 def test_extract_huge_response_is_linear():
     """A 200k-character response with many boxes and numbers extracts the last box (no quadratic regex)."""
     text = ("\\boxed{1} 23 " * 20000) + "\\boxed{\\frac{22}{7}}"
@@ -472,7 +629,7 @@ def test_math500_solutions_against_shuffled_answers_grade_wrong():
     assert genuine == 8  # e.g. two problems whose answer is 3
 
 
-_REL_TEXT = {"=": "=", "<": "<", "<=": "\\le", "!=": "\\ne", "in": "\\in", ">": ">", ">=": "\\ge"}
+_REL_TEXT = {"=": "=", "<": "<", "<=": "\\le", "!=": "\\ne", "in": "\\in", ">": ">", ">=": "\\ge", "~": "\\approx"}
 
 
 def _render(t: tuple) -> str:

@@ -103,7 +103,8 @@ class _ParseError(Exception):
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
 _PHRASE_RE = re.compile(
-    r"(?im)(?:\b(?:final answer|the answer)(?:\s+is\b\s*:?|\s*:)|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
+    r"(?im)(?:\b(?:final answer|the answer|the correct (?:answer|option|choice))(?:\s+is\b\s*:?|\s*:)"
+    r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
 )
 _LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 _CHAT_MARKER_RE = re.compile(r"<\|[A-Za-z_]+\|>|</s>")  # end of the model's turn (ChatML, Llama 3, ...)
@@ -272,6 +273,9 @@ def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) ->
                 return inner
             return _last_number(inner) or inner  # "<answer>So the total is 42</answer>"
     phrase = _answer_phrase(text)
+    if phrase is not None and _negated(phrase.split()[0] + " "):  # "the answer is not $7$; ... $8$"
+        phrase = None if strict else _closing_value(text)
+        return None if phrase is None or _negated(text[: text.rfind(phrase)]) else phrase
     if phrase is not None or strict:
         return phrase
     return _closing_value(text)
@@ -325,7 +329,7 @@ _SIZING_RE = re.compile(
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|\^\s*\{\s*(?:\\prime\s*)+\}|\^\s*\\prime")
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
-_MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*)?")  # "(C) 12", "C", "C. x = 42", "B)"
+_MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*|:(?![A-Z]).*)?")  # "(C) 12", "C", "C. x = 42", "B)", "D: 36"
 _TIME_RE = re.compile(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([aApP])\.?\s*[mM]\.?")
 _NUMBER_WORDS_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s+[a-zA-Z]{3,}(?:\s+[a-zA-Z]+)*")
 
@@ -408,6 +412,9 @@ def _normalize(s: str) -> tuple[str, bool]:
     if re.fullmatch(_THOUSANDS, s) or re.fullmatch(r"[1-9]\d{0,2}(?: \d{3})+", s):
         s = s.replace(",", "").replace(" ", "")  # a whole answer "1,000": thousands, not the list (1, 0) nor "1, 000"
     s = re.sub(r" ?([^\w\s\\]) ?", r"\1", s)  # spaces next to symbols carry no meaning
+    m = re.fullmatch(r"\\\{\s*[a-zA-Z]\s*(?:\\mid|\||:)(.+)\\\}", s)
+    if m:  # set-builder notation: {x | x > 2} is the set its condition describes
+        s = m.group(1)
     m = _TIME_RE.fullmatch(s)
     if m:  # 4:30 p.m. -> "time 16:30" (a word answer: compared as text, never as the ratio 4:30)
         hour = int(m.group(1)) % 12 + (12 if m.group(4).lower() == "p" else 0)
@@ -1272,13 +1279,13 @@ def _flip(node: tuple) -> tuple:
     return node
 
 
-_LABEL_KINDS = {"sym", "mul", "frac", "abs", "ratio", "add", "seq"}
+_LABEL_KINDS = {"sym", "mul", "frac", "abs", "ratio", "add", "seq", "fn"}
 _INF = ("const", "inf")
 
 
 def _label_like(node: tuple, value: tuple | None = None) -> bool:
     """A left-hand side that only names the answer: x, a_1, f(x), (x, y), |AB|, a+b, xy, \\frac{NO}{BO}, V_1:V_2,
-    \\angle ABC (symbols joined without numbers); and any name of a matrix ("A^{-1} = \\begin{pmatrix}...")."""
+    \\angle ABC, \\tan\\theta (symbols joined without numbers); and any name of a matrix ("A^{-1} = \\begin{pmatrix}...")."""
     if value is not None and value[0] == "matrix":
         return True
     return bool(_symbols(node)) and all(n[0] in _LABEL_KINDS for n in _walk(node))
@@ -1471,21 +1478,29 @@ def _ordered_equal(ps, gs) -> bool:
     return len(ps) == len(gs) and all(_equal(p, g)[0] for p, g in zip(ps, gs))
 
 
+def _replace_pm(node: tuple) -> list | None:
+    """The two trees with the first \\pm (in reading order) taken as + and as -; None when there is none."""
+    if node[0] == "pm":
+        return [node[1], ("neg", node[1])]
+    for i, f in enumerate(node[1:], 1):
+        kids = [f] if isinstance(f, tuple) and f and isinstance(f[0], str) else f if isinstance(f, tuple) else ()
+        for j, c in enumerate(kids):
+            sub = _replace_pm(c) if isinstance(c, tuple) and c and isinstance(c[0], str) else None
+            if sub:
+                return [node[:i] + ((v if kids is not f else f[:j] + (v,) + f[j + 1 :]),) + node[i + 1 :] for v in sub]
+    return None
+
+
 def _expand_pm(node: tuple) -> list:
-    """a \\pm b -> [a + b, a - b] (the first \\pm in a sum; more are expanded recursively, at most 8 values)."""
-    if node[0] != "add" or not any(t[0] == "pm" for t in node[1]):
-        return [node] if node[0] != "pm" else [node[1], ("neg", node[1])]
-    j = next(i for i, t in enumerate(node[1]) if t[0] == "pm")
-    out = []
-    for sign_term in (node[1][j][1], ("neg", node[1][j][1])):
-        terms = node[1][:j] + (sign_term,) + node[1][j + 1 :]
-        out.extend(_expand_pm(("add", terms)))
-    return out[:8]
+    """a \\pm b -> [a + b, a - b], wherever the \\pm stands (\\frac{1 \\pm \\sqrt5}{2} too); each further \\pm doubles
+    the values (at most 8)."""
+    values = _replace_pm(node)
+    return [node] if values is None else [v for x in values for v in _expand_pm(x)][:8]
 
 
 def _pm_list(node: tuple) -> tuple:
     """A scalar with \\pm as the unordered list of its values; anything else unchanged."""
-    if node[0] not in ("add", "pm"):
+    if node[0] not in _SCALARS and node[0] != "pm" or not any(n[0] == "pm" for n in _walk(node)):
         return node
     values = _expand_pm(node)
     return node if len(values) == 1 else ("list", tuple(values))

@@ -204,6 +204,10 @@ EQUAL = [
     ("\\angle ABC = 30^\\circ", "30"),
     ("A^{-1} = \\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
     ("S = 3 + 4 = 7", "7"),
+    ("\\tan\\theta = \\frac34", "0.75"),
+    ("x_1=\\frac{1+\\sqrt5}{2}, x_2=\\frac{1-\\sqrt5}{2}", "\\frac{1\\pm\\sqrt5}{2}"),  # \pm inside a fraction
+    ("\\{x \\mid x > 2\\}", "(2, \\infty)"),  # set-builder notation
+    ("D: 36", "D"),
     ("11:21", "\\frac{11}{21}"),
     ("p = 5, q = 2; p = 7, q = 2", "(5, 2), (7, 2)"),
     # \approx: what follows it approximates what precedes
@@ -342,6 +346,11 @@ NOT_EQUAL = [
     ("\\angle ABC = 60^\\circ", "30"),
     ("A^{-1} = \\begin{pmatrix}1&0\\\\0&3\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
     ("S = 3 + 4 = 8", "7"),
+    ("\\tan\\theta = \\frac43", "0.75"),
+    ("x_1=\\frac{1+\\sqrt5}{2}, x_2=\\frac{-1-\\sqrt5}{2}", "\\frac{1\\pm\\sqrt5}{2}"),
+    ("\\{x \\mid x > 3\\}", "(2, \\infty)"),
+    ("D: 36", "A"),
+    ("A:B", "A"),  # a ratio of two names is no choice letter
     ("11:21", "\\frac{21}{11}"),
     ("p = 5, q = 2; p = 7, q = 3", "(5, 2), (7, 2)"),
     ("p = 5, q = 2; p = 7, q = 2", "(2, 5), (2, 7)"),
@@ -409,6 +418,7 @@ def test_equal_is_symmetric_on_the_rule_cases():
         ("B", "\\text{(B) } 4"),
         ("4", "\\textbf{(B) }4"),
         ("C. x = 42", "C"),
+        ("D: 36", "D"),
     }
     for pred, gold in EQUAL:
         if (pred, gold) not in asymmetric:
@@ -537,7 +547,11 @@ RESPONSES = [
     ("The probability is $\\frac{5}{13}$, approximately 0.3846.", "\\frac{5}{12}", False),
     ("Multiplying gives 5! = 120. I hope it is correct.", "120", True),
     ("Multiplying gives 5! = 120. I hope it is correct.", "24", False),
+    ("The correct option is (A).", "A", True),
+    ("The correct option is (A).", "B", False),
     # a denied value is no answer
+    ("The answer is not $7$; recomputing gives $8$.", "8", True),
+    ("The answer is not $7$.", "7", False),
     ("The total is not 42.", "42", False),
     ("So the sum isn't $42$.", "42", False),
     ("Since it isn't 42, we try 43: $43$ works.", "43", True),

@@ -67,6 +67,7 @@ import mpmath
 
 DEFAULT_TIMEOUT = 5.0  # seconds per call (the paper's reward also gives up after 5 s and scores 0)
 MAX_ANSWER_CHARS = 1500  # longer answers are only compared as normalised strings (gold answers in the data: <= 204)
+CLOSING_CHARS = 4000  # an unboxed answer is looked for in the response's last 4000 characters
 MAX_TOKENS = 600  # a parsed answer has at most this many tokens
 MAX_DEPTH = 40  # nesting depth of brackets/braces the parser accepts
 MAX_BITS = 100_000  # largest exact integer (numerator/denominator) built during evaluation, ~30,000 digits
@@ -222,6 +223,10 @@ def _closing_value(text: str) -> str | None:
     """The answer of a response without a box, phrase or tag: the last math span (with the spans _joins links to it),
     unless a plain number follows it ("... the largest $n$ is 34."). A span that only names a variable ($n$) is not
     an answer; a number after "approximately" restates the value; a denied value ("isn't 42") is no answer."""
+    cut = max(0, len(text) - CLOSING_CHARS)  # the answer closes the response; a bounded tail keeps the scan linear
+    if len(re.findall(r"(?<!\\)\$", text[:cut])) % 2:  # ... starting outside a $...$ span
+        cut = text.find("$", cut) + 1
+    text = text[cut:]
     spans = [sp for sp in _math_spans(text) if sp[2] and not _NAME_RE.fullmatch(sp[2])]
     group = _joined(spans, text, words=0)
     tail_from = spans[-1][1] if spans else 0
@@ -299,7 +304,7 @@ _UNICODE = {
     "\u2074": "^4", "\u00bd": r"\frac{1}{2}", "\u2192": r"\to ", "\u2229": r"\cap ",
 }  # fmt: skip
 _TEXT_CMDS = (
-    r"text|textrm|textbf|textit|textnormal|textsf|texttt|mbox|hbox|emph|"
+    r"text|textrm|textbf|textit|textnormal|textsf|texttt|mbox|hbox|emph|num|"
     r"mathrm|mathbf|mathit|mathsf|mathnormal|boldsymbol|bm"
 )
 _UNITS = (
@@ -403,7 +408,7 @@ def _normalize(s: str) -> tuple[str, bool]:
             break
     unitless = _UNIT_TAIL_RE.sub("", s).strip()
     s = unitless or s
-    s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ")
+    s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ").replace("!=", "\\ne ")  # "5! = 120" keeps its !
     s = re.sub(r"^\s*(?:\\approx|\\sim)\s*", "", s)
     s = _PLAIN_FUNCS_RE.sub(r"\\\1", s)
     s = re.sub(r"\\infty|(?<!\\)\b(?:infinity|inf)\b", r"\\infty ", s)
@@ -1624,11 +1629,12 @@ def _prepare(s: str) -> tuple:
         return norm, percent, None, f"cannot parse: {e}"
 
 
-def _variants(raw: str, node: tuple, percent: bool) -> list:
-    """The readings of an answer: as written; a value with % also as value/100 ("25%" matches 25 and 0.25); "2,74"
-    also with a decimal comma (see _decimal_comma)."""
+def _variants(raw: str, node: tuple, percent: bool, pred: bool) -> list:
+    """The readings of an answer: as written; a value with % also as value/100 ("25%" matches 25 and 0.25); a
+    prediction "2,74" also with a decimal comma (see _decimal_comma). A gold "1,3" is the list of the data's
+    convention: the prediction 1.3 must not match it."""
     out = [node, ("mul", (node, ("num", Fraction(1, 100), False)))] if percent else [node]
-    comma = _decimal_comma(raw)
+    comma = _decimal_comma(raw) if pred else None
     return out + [comma] if comma is not None else out
 
 
@@ -1664,8 +1670,8 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
         if tp is None:
             return False, f"prediction {errp}"
         why = ""
-        for vp in _variants(pred, tp, pp):
-            for vg in _variants(gold, tg, pg):
+        for vp in _variants(pred, tp, pp, pred=True):
+            for vg in _variants(gold, tg, pg, pred=False):
                 ok, why = _equal(vp, vg)
                 if ok:
                     return True, why + (" (another reading: percent or decimal comma)" if vp is not tp or vg is not tg else "")

@@ -227,6 +227,9 @@ EQUAL = [
     ("x \\neq 2", "(-\\infty, 2) \\cup (2, \\infty)"),
     ("x \\lt 3", "(-\\infty, 3)"),
     ("x \\geq 5", "x >= 5"),
+    ("x != 2", "x \\neq 2"),
+    ("x ≠ 2", "x \\ne 2"),
+    ("\\num{1234}", "1234"),
     # number formats: decimal comma where it cannot be a thousands separator, stray backslashes, unicode roots
     ("1000,99", "1000.99"),
     ("0,111", "0.111"),
@@ -371,12 +374,15 @@ NOT_EQUAL = [
     ("|x| < 3", "(-3, 3]"),
     ("|x| > 1", "(-1, 1)"),
     ("x \\neq 2", "x \\neq 3"),
+    ("x != 2", "x \\neq 3"),
+    ("3! = 6", "3"),  # a factorial before "=" is still a factorial
     ("x^2 < 4", "(-2, 2)"),  # not affine: not solved (a known limit), never guessed
     # number formats: twins; a list with a space after the comma is a list
     ("1000,99", "100099"),
     ("0,111", "111"),
     ("2,74", "274"),
     ("2,74", "2.75"),
+    ("1.3", "1,3"),  # a gold "1,3" is a list (the data's convention), only a predicted comma may be decimal
     ("2{,}5", "25"),
     ("1, 234", "1234"),
     ("14{,}916", "14.916"),
@@ -419,6 +425,9 @@ def test_equal_is_symmetric_on_the_rule_cases():
         ("4", "\\textbf{(B) }4"),
         ("C. x = 42", "C"),
         ("D: 36", "D"),
+        ("1000,99", "1000.99"),
+        ("0,111", "0.111"),
+        ("2,74", "2.74"),
     }
     for pred, gold in EQUAL:
         if (pred, gold) not in asymmetric:
@@ -583,6 +592,10 @@ def test_extract_huge_response_is_linear():
     text = ("\\boxed{1} 23 " * 20000) + "\\boxed{\\frac{22}{7}}"
     assert extract_answer(text) == "\\frac{22}{7}"
     assert grade(text, "22/7") is True
+    for unboxed in ("\\( $ " * 40000 + "so $\\frac{22}{7}$", "$x$ 23 " * 30000 + "so it is $\\frac{22}{7}$."):
+        start = time.perf_counter()
+        assert extract_answer(unboxed) == "\\frac{22}{7}"
+        assert time.perf_counter() - start < 1.0
 
 
 # ----------------------------------------------------------------------------------------------------------------------

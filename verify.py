@@ -107,7 +107,7 @@ _PHRASE_RE = re.compile(
     r"(?im)(?:\b(?:final answer|the answer|the correct (?:answer|option|choice))(?:\s+is\b\s*:?|\s*:)"
     r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
 )
-_LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+_LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+|(?::\d+)+)?")  # 3/4, 2:5
 _CHAT_MARKER_RE = re.compile(r"<\|[A-Za-z_]+\|>|</s>")  # end of the model's turn (ChatML, Llama 3, ...)
 _MATH_RE = re.compile(
     r"\$\$(.{1,2000}?)\$\$|\\\[(.{1,2000}?)\\\]|\\\((.{1,2000}?)\\\)|(?<![\\$])\$(?!\$)([^$]{1,2000}?)(?<!\\)\$", re.S
@@ -1293,7 +1293,8 @@ def _label_like(node: tuple, value: tuple | None = None) -> bool:
     \\angle ABC, \\tan\\theta (symbols joined without numbers); and any name of a matrix ("A^{-1} = \\begin{pmatrix}...")."""
     if value is not None and value[0] == "matrix":
         return True
-    return bool(_symbols(node)) and all(n[0] in _LABEL_KINDS for n in _walk(node))
+    names = [n for n in _walk(node) if n[0] == "sym" or n in (("const", "e"), ("const", "i"))]  # e: eccentricity
+    return bool(names) and all(n[0] in _LABEL_KINDS or n in names for n in _walk(node))
 
 
 def _rhs(node: tuple) -> tuple | None:
@@ -1505,6 +1506,8 @@ def _expand_pm(node: tuple) -> list:
 
 def _pm_list(node: tuple) -> tuple:
     """A scalar with \\pm as the unordered list of its values; anything else unchanged."""
+    if node[0] == "list" and any(n[0] == "pm" for n in _walk(node)):  # "0, \\pm 2" is the list 0, 2, -2
+        return ("list", tuple(v for c in node[1] for v in _expand_pm(c)))
     if node[0] not in _SCALARS and node[0] != "pm" or not any(n[0] == "pm" for n in _walk(node)):
         return node
     values = _expand_pm(node)

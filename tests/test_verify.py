@@ -205,6 +205,9 @@ EQUAL = [
     ("A^{-1} = \\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
     ("S = 3 + 4 = 7", "7"),
     ("\\tan\\theta = \\frac34", "0.75"),
+    ("e = \\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),  # e names an eccentricity here
+    ("\\text{Area} = 25", "25"),
+    ("x=0, x=2, x=-2", "0, \\pm 2"),  # \pm inside a list
     ("x_1=\\frac{1+\\sqrt5}{2}, x_2=\\frac{1-\\sqrt5}{2}", "\\frac{1\\pm\\sqrt5}{2}"),  # \pm inside a fraction
     ("\\{x \\mid x > 2\\}", "(2, \\infty)"),  # set-builder notation
     ("D: 36", "D"),
@@ -350,6 +353,10 @@ NOT_EQUAL = [
     ("A^{-1} = \\begin{pmatrix}1&0\\\\0&3\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
     ("S = 3 + 4 = 8", "7"),
     ("\\tan\\theta = \\frac43", "0.75"),
+    ("e = \\frac{\\sqrt{3}}{3}", "\\frac{\\sqrt3}{2}"),
+    ("\\text{Area} = 24", "25"),
+    ("x=0, x=2, x=-1", "0, \\pm 2"),
+    ("x=0, x=2", "0, \\pm 2"),
     ("x_1=\\frac{1+\\sqrt5}{2}, x_2=\\frac{-1-\\sqrt5}{2}", "\\frac{1\\pm\\sqrt5}{2}"),
     ("\\{x \\mid x > 3\\}", "(2, \\infty)"),
     ("D: 36", "A"),
@@ -552,6 +559,8 @@ RESPONSES = [
     ("Solving, $x_1 = 2$ and $x_2 = -7$.", "-7, 2", True),
     ("Solving, $x_1 = 2$ and $x_2 = 7$.", "-7, 2", False),
     ("So there are 12 ways to choose $k$.", "12", True),
+    ("We get \\[\\frac{a}{b} = \\frac{2}{5}\\]\nso the ratio is 2:5.", "2:5", True),
+    ("We get \\[\\frac{a}{b} = \\frac{2}{5}\\]\nso the ratio is 2:5.", "5", False),
     ("The probability is $\\frac{5}{12}$, approximately 0.4167.", "\\frac{5}{12}", True),
     ("The probability is $\\frac{5}{13}$, approximately 0.3846.", "\\frac{5}{12}", False),
     ("Multiplying gives 5! = 120. I hope it is correct.", "120", True),

@@ -116,7 +116,8 @@ _SUCCESSION_RE = re.compile(  # words that make the later answer replace the ear
     r"(?i)\b(?:then|so|thus|hence|therefore|finally|but|wait|actually|instead|gives?|gets?|becomes?|is|are|was|equals|"
     r"means|which|not|check|recheck|correct(?:ed|ion)?|mistake|wrong|or rather|again)\b"
 )
-_NAME_RE = re.compile(r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{?\w+\}?)?")  # $n$, $\\alpha$
+_NAME_RE = re.compile(r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{?\w+\}?)?")  # $n$
+_RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "$\\frac{5}{12}$, about 0.42"
 _NEGATION_RE = re.compile(
     r"(?:\bnot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$", re.I
 )
@@ -233,8 +234,7 @@ def _closing_value(text: str) -> str | None:
     number = None
     for number in _LAST_NUMBER_RE.finditer(text, tail_from):
         pass
-    if number is not None and not re.search(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$",
-                                            text[max(0, number.start() - 20) : number.start()]):
+    if number is not None and not _RESTATED_RE.search(text[max(0, number.start() - 20) : number.start()]):
         start, answer = number.start(), number.group(0)
     elif group is not None:
         start, answer = group
@@ -278,9 +278,8 @@ def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) ->
                 return inner
             return _last_number(inner) or inner  # "<answer>So the total is 42</answer>"
     phrase = _answer_phrase(text)
-    if phrase is not None and _negated(phrase.split()[0] + " "):  # "the answer is not $7$; ... $8$"
-        phrase = None if strict else _closing_value(text)
-        return None if phrase is None or _negated(text[: text.rfind(phrase)]) else phrase
+    if phrase is not None and re.match(r"(?i)(?:not|never)\b", phrase):  # "the answer is not $7$; ... it is $8$"
+        return None if strict else _closing_value(text)
     if phrase is not None or strict:
         return phrase
     return _closing_value(text)
@@ -408,7 +407,8 @@ def _normalize(s: str) -> tuple[str, bool]:
             break
     unitless = _UNIT_TAIL_RE.sub("", s).strip()
     s = unitless or s
-    s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ").replace("!=", "\\ne ")  # "5! = 120" keeps its !
+    s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ")
+    s = s.replace("!=", "\\ne ")  # "x != 2" (written together; "5! = 120" keeps its factorial)
     s = re.sub(r"^\s*(?:\\approx|\\sim)\s*", "", s)
     s = _PLAIN_FUNCS_RE.sub(r"\\\1", s)
     s = re.sub(r"\\infty|(?<!\\)\b(?:infinity|inf)\b", r"\\infty ", s)
@@ -1290,7 +1290,8 @@ _INF = ("const", "inf")
 
 def _label_like(node: tuple, value: tuple | None = None) -> bool:
     """A left-hand side that only names the answer: x, a_1, f(x), (x, y), |AB|, a+b, xy, \\frac{NO}{BO}, V_1:V_2,
-    \\angle ABC, \\tan\\theta (symbols joined without numbers); and any name of a matrix ("A^{-1} = \\begin{pmatrix}...")."""
+    \\angle ABC, \\tan\\theta (symbols joined without numbers); and any name of a matrix
+    ("A^{-1} = \\begin{pmatrix}...")."""
     if value is not None and value[0] == "matrix":
         return True
     names = [n for n in _walk(node) if n[0] == "sym" or n in (("const", "e"), ("const", "i"))]  # e: eccentricity
@@ -1381,7 +1382,8 @@ def _mirror(e: tuple) -> tuple:
 
 
 def _unfold_abs(parts: list) -> list | None:
-    """{s : |s| in parts}: |s| <= 2 -> [-2, 2]; 1 <= |s| <= 3/2 -> [-3/2, -1] u [1, 3/2]; |s| > 1 -> (-oo,-1) u (1,oo)."""
+    """{s : |s| in parts}: |s| <= 2 -> [-2, 2]; 1 <= |s| <= 3/2 -> [-3/2, -1] u [1, 3/2]; |s| > 1 -> (-oo, -1) u
+    (1, oo)."""
     out = []
     for _, br, (lo, hi) in parts:
         lo_value = -1 if lo == ("neg", _INF) else _constant(lo)
@@ -1677,7 +1679,8 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
             for vg in _variants(gold, tg, pg, pred=False):
                 ok, why = _equal(vp, vg)
                 if ok:
-                    return True, why + (" (another reading: percent or decimal comma)" if vp is not tp or vg is not tg else "")
+                    other = vp is not tp or vg is not tg
+                    return True, why + (" (another reading: percent or decimal comma)" if other else "")
         return False, why
     except _TooBig as e:
         return False, f"too large to compare ({e})"

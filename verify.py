@@ -117,6 +117,7 @@ _SUCCESSION_RE = re.compile(  # words that make the later answer replace the ear
     r"means|which|not|check|recheck|correct(?:ed|ion)?|mistake|wrong|or rather|again)\b"
 )
 _NAME_RE = re.compile(r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{?\w+\}?)?")  # $n$
+_STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total|of)|[=:])\s*$")  # "... is 34"
 _RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "$\\frac{5}{12}$, about 0.42"
 _NEGATION_RE = re.compile(
     r"(?:\bnot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$", re.I
@@ -222,8 +223,9 @@ def _negated(before: str) -> bool:
 
 def _closing_value(text: str) -> str | None:
     """The answer of a response without a box, phrase or tag: the last math span (with the spans _joins links to it),
-    unless a plain number follows it ("... the largest $n$ is 34."). A span that only names a variable ($n$) is not
-    an answer; a number after "approximately" restates the value; a denied value ("isn't 42") is no answer."""
+    unless a number stated after it follows ("... the largest $n$ is 34.", not "$5$ (see step 3)"); with no span, the
+    last number. A span that only names a variable ($n$) is not an answer; a number after "approximately" restates the
+    value; a denied value ("isn't 42") is no answer."""
     cut = max(0, len(text) - CLOSING_CHARS)  # the answer closes the response; a bounded tail keeps the scan linear
     if len(re.findall(r"(?<!\\)\$", text[:cut])) % 2:  # ... starting outside a $...$ span
         cut = text.find("$", cut) + 1
@@ -234,7 +236,8 @@ def _closing_value(text: str) -> str | None:
     number = None
     for number in _LAST_NUMBER_RE.finditer(text, tail_from):
         pass
-    if number is not None and not _RESTATED_RE.search(text[max(0, number.start() - 20) : number.start()]):
+    before = text[max(0, number.start() - 20) : number.start()] if number is not None else ""
+    if number is not None and not _RESTATED_RE.search(before) and (not spans or _STATES_RE.search(before)):
         start, answer = number.start(), number.group(0)
     elif group is not None:
         start, answer = group
@@ -1288,14 +1291,22 @@ _LABEL_KINDS = {"sym", "mul", "frac", "abs", "ratio", "add", "seq", "fn"}
 _INF = ("const", "inf")
 
 
+def _names_only(node: tuple) -> bool:
+    """Symbols joined without numbers (an inverse f^{-1} or A^{-1} included; e and i may be names too)."""
+    if node[0] == "sym" or node in (("const", "e"), ("const", "i")):
+        return True
+    if node[0] == "pow":
+        return node[2] == ("neg", ("num", Fraction(1), False)) and _names_only(node[1])
+    return node[0] in _LABEL_KINDS and all(_names_only(c) for c in _children(node))
+
+
 def _label_like(node: tuple, value: tuple | None = None) -> bool:
     """A left-hand side that only names the answer: x, a_1, f(x), (x, y), |AB|, a+b, xy, \\frac{NO}{BO}, V_1:V_2,
-    \\angle ABC, \\tan\\theta (symbols joined without numbers); and any name of a matrix
+    \\angle ABC, \\tan\\theta, f^{-1}(x), e (see _names_only); and any name of a matrix
     ("A^{-1} = \\begin{pmatrix}...")."""
     if value is not None and value[0] == "matrix":
         return True
-    names = [n for n in _walk(node) if n[0] == "sym" or n in (("const", "e"), ("const", "i"))]  # e: eccentricity
-    return bool(names) and all(n[0] in _LABEL_KINDS or n in names for n in _walk(node))
+    return _names_only(node)
 
 
 def _rhs(node: tuple) -> tuple | None:

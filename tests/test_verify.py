@@ -207,6 +207,7 @@ EQUAL = [
     ("\\tan\\theta = \\frac34", "0.75"),
     ("e = \\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),  # e names an eccentricity here
     ("\\text{Area} = 25", "25"),
+    ("f^{-1}(x) = 2x + 1", "2x+1"),
     ("x=0, x=2, x=-2", "0, \\pm 2"),  # \pm inside a list
     ("x_1=\\frac{1+\\sqrt5}{2}, x_2=\\frac{1-\\sqrt5}{2}", "\\frac{1\\pm\\sqrt5}{2}"),  # \pm inside a fraction
     ("\\{x \\mid x > 2\\}", "(2, \\infty)"),  # set-builder notation
@@ -355,6 +356,7 @@ NOT_EQUAL = [
     ("\\tan\\theta = \\frac43", "0.75"),
     ("e = \\frac{\\sqrt{3}}{3}", "\\frac{\\sqrt3}{2}"),
     ("\\text{Area} = 24", "25"),
+    ("f^{-1}(x) = 2x + 1", "2x-1"),
     ("x=0, x=2, x=-1", "0, \\pm 2"),
     ("x=0, x=2", "0, \\pm 2"),
     ("x_1=\\frac{1+\\sqrt5}{2}, x_2=\\frac{-1-\\sqrt5}{2}", "\\frac{1\\pm\\sqrt5}{2}"),
@@ -559,6 +561,8 @@ RESPONSES = [
     ("Solving, $x_1 = 2$ and $x_2 = -7$.", "-7, 2", True),
     ("Solving, $x_1 = 2$ and $x_2 = 7$.", "-7, 2", False),
     ("So there are 12 ways to choose $k$.", "12", True),
+    ("So the sum is $\\frac{5}{2}$ (by step 3).", "\\frac52", True),
+    ("So the sum is $\\frac{5}{2}$ (by step 3).", "3", False),
     ("We get \\[\\frac{a}{b} = \\frac{2}{5}\\]\nso the ratio is 2:5.", "2:5", True),
     ("We get \\[\\frac{a}{b} = \\frac{2}{5}\\]\nso the ratio is 2:5.", "5", False),
     ("The probability is $\\frac{5}{12}$, approximately 0.4167.", "\\frac{5}{12}", True),

@@ -410,6 +410,9 @@ def _normalize(s: str) -> tuple[str, bool]:
             break
     unitless = _UNIT_TAIL_RE.sub("", s).strip()
     s = unitless or s
+    s = _QUALIFIER_RE.sub("", s).strip() or s  # "k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}": the family, not its index
+    if s.startswith("\\{") and not s.endswith("\\}") and re.match(r"\\\{\s*\\begin\{(?:array|cases)\}", s):
+        s = s[2:]  # a system "\\left\\{\\begin{array}...\\end{array}\\right.": its rows
     s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ")
     s = s.replace("!=", "\\ne ")  # "x != 2" (written together; "5! = 120" keeps its factorial)
     s = re.sub(r"^\s*(?:\\approx|\\sim)\s*", "", s)
@@ -433,6 +436,10 @@ def _normalize(s: str) -> tuple[str, bool]:
     return s, percent
 
 
+_QUALIFIER_RE = re.compile(
+    r"[,;]?\s*\(?\s*(?:(?:where|for|with|and)\s+)?[a-zA-Z](?:\s*,\s*[a-zA-Z])*\s*\\in\s*\\mathbb\s*\{?[ZNQ]\}?"
+    r"(?:\^\{?[+*]\}?|_\{?\+\}?)?\s*\)?\s*$"
+)
 _THOUSANDS = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"  # 1,000 and 12,345.5 (never 0,111 nor 1000,99)
 
 
@@ -457,6 +464,12 @@ def _has_words(s: str) -> bool:
 def _text_key(s: str) -> str:
     """Words compared case-insensitively, ignoring everything but letters and digits ("\\text{East}" == "east")."""
     return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+def _option(s: str) -> tuple[str, str] | None:
+    """(letter, value) of a choice written with its value, "(B) 4"; None otherwise."""
+    m = re.fullmatch(r"\(([A-E])\)\s*([^*/^=<>)!,:].*)", s.strip())  # not "(A)*(B) = 9", a product
+    return (m.group(1), m.group(2).strip()) if m else None
 
 
 def _mc_letters(s: str, pred: bool) -> frozenset | None:
@@ -496,7 +509,7 @@ _MUL_OPS = {"*", "\\cdot", "\\times", "\\ast"}
 _DIV_OPS = {"/", "\\div"}
 _SUM_OPS = {"+", "-", "\\pm", "\\mp"}
 _CLOSERS = {")", "]", "}", "\\}", "|", "\\rfloor", "\\rceil", "&", "\\\\", "\\end", ",", ";", "\\cup", "\\rvert"}
-_MATRIX_ENVS = {"pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "matrix", "smallmatrix", "array"}
+_MATRIX_ENVS = {"pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "matrix", "smallmatrix", "array", "cases"}
 
 
 def _tokenize(s: str) -> list[str]:
@@ -1334,6 +1347,13 @@ def _settle(node: tuple) -> tuple:
     return _settle(("rel", ops[:cut], exprs[: cut + 1])) if cut > 1 else ("rel", ops[:1], exprs[:2])
 
 
+def _merge_sets(node: tuple) -> tuple:
+    """A union of finite sets is one set: \\{1\\} \\cup \\{2, 3\\} -> \\{1, 2, 3\\} (repeated elements written once)."""
+    if node[0] != "union" or any(part[0] != "set" for part in node[1]):
+        return node
+    return ("set", tuple(dict.fromkeys(c for part in node[1] for c in part[1])))
+
+
 def _regroup(node: tuple) -> tuple:
     """"p = 5, q = 2; p = 7, q = 2" -> "(5, 2), (7, 2)": labelled values whose names repeat in a cycle are a list of
     tuples, one per cycle (a single cycle "p = 5, q = 2" already compares with "(5, 2)" in order)."""
@@ -1552,7 +1572,7 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
     """Structural comparison; scalars go to _scalar_equal."""
     if p == g:
         return True, "identical expressions"
-    p, g = _pm_list(_regroup(_settle(p))), _pm_list(_regroup(_settle(g)))
+    p, g = _pm_list(_regroup(_settle(_merge_sets(p)))), _pm_list(_regroup(_settle(_merge_sets(g))))
     kp, kg = p[0], g[0]
     if kp == "rel" or kg == "rel":
         if kp == "rel" and kg == "rel":
@@ -1672,12 +1692,16 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
         if mc is not None:
             got = _mc_letters(np_, pred=True)
             return (True, "same choice letters") if got == mc else (False, f"choice {''.join(sorted(mc))} expected")
-        m = _MC_PRED_RE.fullmatch(ng)
-        if m and m.group(1) and ng[3:].strip():  # gold "(B) 4": the letter, or the option's value
-            if _mc_letters(np_, pred=True) == {m.group(1)}:
+        option = _option(ng)
+        if option:  # gold "(B) 4": the letter, or the option's value
+            if _mc_letters(np_, pred=True) == {option[0]}:
                 return True, "same choice letter"
-            ok, why = _decide(pred, ng[3:].strip())
+            ok, why = _decide(pred, option[1])
             return ok, f"against the option's value: {why}"
+        option = _option(np_)
+        if option:  # a prediction "(D) 6" against a gold value: the option's value
+            ok, why = _decide(option[1], gold)
+            return ok, f"the predicted option's value: {why}"
         if _has_words(ng) or _has_words(np_):
             same = _text_key(np_) == _text_key(ng)
             return (True, "same words") if same else (False, "different words")

@@ -212,6 +212,11 @@ EQUAL = [
     ("x_1=\\frac{1+\\sqrt5}{2}, x_2=\\frac{1-\\sqrt5}{2}", "\\frac{1\\pm\\sqrt5}{2}"),  # \pm inside a fraction
     ("\\{x \\mid x > 2\\}", "(2, \\infty)"),  # set-builder notation
     ("D: 36", "D"),
+    ("\\textbf{(D) } 6", "6"),  # a predicted option with its value, against a gold value
+    ("\\{1\\} \\cup \\{2, 3\\}", "\\{3, 2, 1\\}"),  # a union of finite sets
+    ("\\left\\{\\begin{array}{l} x = 1 \\\\ y = 2 \\end{array}\\right.", "(1, 2)"),  # a system's solution
+    ("\\begin{cases} x = 1 \\\\ y = 2 \\end{cases}", "(1, 2)"),
+    ("k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}", "\\frac{\\pi}{4} + k\\pi"),  # the index's qualifier
     ("11:21", "\\frac{11}{21}"),
     ("p = 5, q = 2; p = 7, q = 2", "(5, 2), (7, 2)"),
     # \approx: what follows it approximates what precedes
@@ -363,6 +368,12 @@ NOT_EQUAL = [
     ("\\{x \\mid x > 3\\}", "(2, \\infty)"),
     ("D: 36", "A"),
     ("A:B", "A"),  # a ratio of two names is no choice letter
+    ("\\textbf{(D) } 6", "7"),
+    ("\\{1\\} \\cup \\{3\\}", "\\{1, 2\\}"),
+    ("\\left\\{\\begin{array}{l} x = 1 \\\\ y = 2 \\end{array}\\right.", "(2, 1)"),
+    ("\\begin{cases} x = 1 \\\\ y = 3 \\end{cases}", "(1, 2)"),
+    ("k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}", "\\frac{\\pi}{4} + 2k\\pi"),
+    ("x \\in \\mathbb{R}", "(0, \\infty)"),  # a qualifier over the reals is an answer, never stripped
     ("11:21", "\\frac{21}{11}"),
     ("p = 5, q = 2; p = 7, q = 3", "(5, 2), (7, 2)"),
     ("p = 5, q = 2; p = 7, q = 2", "(2, 5), (2, 7)"),
@@ -434,6 +445,7 @@ def test_equal_is_symmetric_on_the_rule_cases():
         ("4", "\\textbf{(B) }4"),
         ("C. x = 42", "C"),
         ("D: 36", "D"),
+        ("\\textbf{(D) } 6", "6"),
         ("1000,99", "1000.99"),
         ("0,111", "0.111"),
         ("2,74", "2.74"),

@@ -35,8 +35,9 @@ number 5/2; "I(0)" is a value of I, not I times 0; "\\log" is the natural logari
 Tolerance policy: integers and exact expressions must be exactly equal (checked to 1e-25 relative at 34 digits and
 again at 400 bits, i.e. as an identity). Only when a side is written as a decimal (0.3333333, 3.14159, 4.5e33) and
 neither side is an exact integer may they differ, by at most 1e-6 relative and, for a bare decimal, by at most half a
-unit in its last written digit: 0.3333333 == 1/3 and 1.4142136 == sqrt(2), but 3.14 != pi, 0.333 != 1/3,
-306956.77 != 306956.63, 3986730 != 3986729 and 8178.0001 != 8178.
+unit in its last written digit: 0.3333333 == 1/3 and a gold 1.4142136 == sqrt(2), but 3.14 != pi, 0.333 != 1/3,
+306956.77 != 306956.63, 3986730 != 3986729 and 8178.0001 != 8178. A predicted decimal never equals an exact
+irrational gold (1.4142136 for sqrt(2), 3.14159265 for pi): the exact value was asked for.
 
 Time limit: each public call runs under a hard limit (SIGALRM in the main thread, an asynchronous exception injected by
 a timer thread elsewhere); on expiry it returns False. Exponents, factorials and number sizes are bounded before any
@@ -1226,6 +1227,12 @@ def _sympy_equal(p: tuple, g: tuple) -> bool:
         return False
 
 
+def _bare_decimal(node: tuple) -> bool:
+    """A number written as a decimal, like 1.4142136 or -0.577 (not an exact expression using one, like 1/1.3)."""
+    node = node[1] if node[0] == "neg" else node
+    return node[0] == "num" and bool(node[2])
+
+
 def _scalar_equal(p: tuple, g: tuple) -> tuple[bool, str]:
     """Equality of two scalar expressions per the tolerance policy in the module docstring."""
     if p == g:
@@ -1243,6 +1250,8 @@ def _scalar_equal(p: tuple, g: tuple) -> tuple[bool, str]:
             return True, f"decimal within relative {rel:g}"
         return False, f"different numbers ({_short(ep)} vs {_short(eg)})"
     names = _symbols(p) | _symbols(g)
+    if not names and eg is None and _bare_decimal(p) and not _has_decimal(g):  # p is the prediction
+        return False, "a decimal prediction for an exact irrational value"
     if not names:
         a, b = _num(p, {}), _num(g, {})
         if _decimal_close(p, g, a, b) if rel == REL_TOL_DECIMAL else _close(a, b, rel) and _confirmed(p, g, {}):
@@ -1633,8 +1642,8 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
             return (True, "same ratio") if _ordered_equal(p[1], g[1]) else (False, "different ratios")
         return _scalar_equal(("mul", (a, d)), ("mul", (b, c)))
     if "ratio" in (kp, kg) and {kp, kg} <= _SCALARS | {"ratio"}:  # 11:21 against 11/21: the quotient
-        (a, b), other = (p[1], g) if kp == "ratio" else (g[1], p)
-        ok, why = _scalar_equal(("frac", a, b), other)
+        quotient = [("frac", *x[1]) if x[0] == "ratio" else x for x in (p, g)]
+        ok, why = _scalar_equal(*quotient)
         return ok, f"ratio as a quotient: {why}"
     if kg == "base":  # 52_8 vs 52_{8}, or the bare digits "52" (the problem asked for base 8)
         if kp == "base":

@@ -259,13 +259,16 @@ EQUAL = [
     ("\\sqrt{2}\\sqrt[3]{2}", "2^{5/6}"),
     # decimals within the 1e-6 relative tolerance (policy: only when neither side is an integer)
     ("0.3333333", "\\frac13"),
-    ("3.14159265", "\\pi"),
-    ("1.4142136", "\\sqrt{2}"),
+    ("\\pi", "3.14159265"),  # a gold decimal states the precision asked for
+    ("\\sqrt{2}", "1.4142136"),
 ]
 
 NOT_EQUAL = [
     # rounded decimals are not exact values (tolerance 1e-6 relative, and integers are exact)
     ("3.14", "\\pi"),
+    ("3.14159265", "\\pi"),  # a predicted decimal for an exact irrational gold, however precise
+    ("1.4142136", "\\sqrt{2}"),
+    ("0.5773503", "\\frac{\\sqrt3}{3}"),
     ("3.1416", "\\pi"),
     ("0.33", "\\frac13"),
     ("0.333", "1/3"),
@@ -446,6 +449,8 @@ def test_equal_is_symmetric_on_the_rule_cases():
         ("C. x = 42", "C"),
         ("D: 36", "D"),
         ("\\textbf{(D) } 6", "6"),
+        ("\\pi", "3.14159265"),
+        ("\\sqrt{2}", "1.4142136"),
         ("1000,99", "1000.99"),
         ("0,111", "0.111"),
         ("2,74", "2.74"),
@@ -463,7 +468,7 @@ def test_no_global_state_is_touched_and_threads_agree():
     old = mpmath.mp.dps
     try:
         mpmath.mp.dps = 5
-        assert is_equivalent("3.14159", "\\pi") is True and is_equivalent("3.1416", "\\pi") is False
+        assert is_equivalent("\\pi", "3.14159") is True and is_equivalent("\\pi", "3.1416") is False
         assert mpmath.mp.dps == 5
     finally:
         mpmath.mp.dps = old

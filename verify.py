@@ -222,11 +222,11 @@ def _negated(before: str) -> bool:
     return bool(_NEGATION_RE.search(before[-40:]))
 
 
-def _closing_value(text: str) -> str | None:
+def _closing_value(text: str) -> tuple[str | None, str]:
     """The answer of a response without a box, phrase or tag: the last math span (with the spans _joins links to it),
     unless a number stated after it follows ("... the largest $n$ is 34.", not "$5$ (see step 3)"); with no span, the
     last number. A span that only names a variable ($n$) is not an answer; a number after "approximately" restates the
-    value; a denied value ("isn't 42") is no answer."""
+    value; a denied value ("isn't 42") is no answer. Returns (answer or None, the rule's name)."""
     cut = max(0, len(text) - CLOSING_CHARS)  # the answer closes the response; a bounded tail keeps the scan linear
     if len(re.findall(r"(?<!\\)\$", text[:cut])) % 2:  # ... starting outside a $...$ span
         cut = text.find("$", cut) + 1
@@ -239,12 +239,12 @@ def _closing_value(text: str) -> str | None:
         pass
     before = text[max(0, number.start() - 20) : number.start()] if number is not None else ""
     if number is not None and not _RESTATED_RE.search(before) and (not spans or _STATES_RE.search(before)):
-        start, answer = number.start(), number.group(0)
+        start, answer, rule = number.start(), number.group(0), "last number" if not spans else "number after the math"
     elif group is not None:
-        start, answer = group
+        (start, answer), rule = group, "last math span"
     else:
-        return None
-    return None if _negated(text[:start]) else answer
+        return None, "no answer found"
+    return (None, f"{rule}, denied") if _negated(text[:start]) else (answer, rule)
 
 
 def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) -> str | None:
@@ -258,13 +258,18 @@ def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) ->
     the last math span, or a number after it). The string is returned as written; is_equivalent does the normalisation
     (see _normalize).
     """
+    return _extract(text, strict, boxed_only)[0]
+
+
+def _extract(text: str, strict: bool, boxed_only: bool) -> tuple[str | None, str]:
+    """(extract_answer's answer, the name of the rule that found it)."""
     if not isinstance(text, str) or not text:
-        return None
+        return None, "no response"
     cut = text.find("</answer>")
     if cut >= 0:
         text = text[:cut]
     if boxed_only:
-        return _last_boxed(text)
+        return _last_boxed(text), "last box"
     marker = _CHAT_MARKER_RE.search(text)
     if marker:
         text = text[: marker.start()]
@@ -272,20 +277,20 @@ def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) ->
     boxed = _last_boxed(text)
     if boxed is not None:
         group = _joined(spans, text, words=4) if spans and spans[-1][2] == boxed else None
-        return group[1] if group is not None else boxed
+        return (group[1], "boxes joined") if group is not None and group[1] != boxed else (boxed, "last box")
     opened = text.rfind("<answer>")
     if opened >= 0:
         inner = text[opened + len("<answer>") :].strip()
         if inner:
             inner = _answer_phrase(inner) or inner
             if strict or not _has_words(inner):
-                return inner
-            return _last_number(inner) or inner  # "<answer>So the total is 42</answer>"
+                return inner, "<answer> tag"
+            return _last_number(inner) or inner, "<answer> tag"  # "<answer>So the total is 42</answer>"
     phrase = _answer_phrase(text)
     if phrase is not None and re.match(r"(?i)(?:not|never)\b", phrase):  # "the answer is not $7$; ... it is $8$"
-        return None if strict else _closing_value(text)
+        return (None, "denied answer phrase") if strict else _closing_value(text)
     if phrase is not None or strict:
-        return phrase
+        return phrase, "answer phrase"
     return _closing_value(text)
 
 
@@ -411,7 +416,7 @@ def _normalize(s: str) -> tuple[str, bool]:
             break
     unitless = _UNIT_TAIL_RE.sub("", s).strip()
     s = unitless or s
-    s = _QUALIFIER_RE.sub("", s).strip() or s  # "k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}": the family, not its index
+    s = _QUALIFIER_RE.sub("", s).strip() or s  # "k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}": the family, not the index
     if s.startswith("\\{") and not s.endswith("\\}") and re.match(r"\\\{\s*\\begin\{(?:array|cases)\}", s):
         s = s[2:]  # a system "\\left\\{\\begin{array}...\\end{array}\\right.": its rows
     s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ")
@@ -1577,6 +1582,13 @@ def _equation_equal(p: tuple, g: tuple) -> bool:
     return len(ratios) >= 2 and all(_close(r, ratios[0], 1e-20) for r in ratios)
 
 
+def _sets_equal(ip: list, ig: list) -> tuple[bool, str]:
+    """Two sets of reals given as intervals (from unions, relations or "x \\in ...")."""
+    if _unordered_equal(ip, ig):
+        return True, "same union of intervals"
+    return False, "different sets of reals"
+
+
 def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
     """Structural comparison; scalars go to _scalar_equal."""
     if p == g:
@@ -1596,25 +1608,21 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
                 )
             ip, ig = _intervals(p), _intervals(g)
             if ip is not None and ig is not None:
-                return _equal(("union", tuple(ip)), ("union", tuple(ig)))
+                return _sets_equal(ip, ig)
             return False, "different relations"
-        rel, other = (p, g) if kp == "rel" else (g, p)
-        rhs = _rhs(rel)
+        rhs = _rhs(p if kp == "rel" else g)
         if rhs is not None:
-            return _equal(rhs, g) if kp == "rel" else _equal(p, rhs)
-        ir, io = _intervals(rel), _intervals(other)
-        if ir is not None and io is not None:
-            return (
-                _equal(("union", tuple(ir)), ("union", tuple(io)))
-                if kp == "rel"
-                else _equal(("union", tuple(io)), ("union", tuple(ir)))
-            )
+            ok, why = _equal(rhs, g) if kp == "rel" else _equal(p, rhs)
+            return ok, f"the value of a labelled answer: {why}"
+        ip, ig = _intervals(p), _intervals(g)
+        if ip is not None and ig is not None:
+            return _sets_equal(ip, ig)
         return False, "a relation against a value"
     if "union" in (kp, kg):  # with a union of intervals, or inequalities joined by "or"
         ip, ig = _intervals(p), _intervals(g)
         if ip is None or ig is None:
             return False, "different kinds of sets"
-        return (True, "same union of intervals") if _unordered_equal(ip, ig) else (False, "different unions")
+        return _sets_equal(ip, ig)
     if kp == "seq" and kg == "seq":
         if p[1] != g[1]:
             return False, f"brackets differ ({p[1]} vs {g[1]})"
@@ -2036,8 +2044,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     pred = args.pred
     if args.response:
-        pred = extract_answer(args.pred, strict=args.strict, boxed_only=args.boxed_only)
-        print(f"extracted: {pred!r}")
+        pred, rule = _extract(args.pred, strict=args.strict, boxed_only=args.boxed_only)
+        print(f"extracted: {pred!r}  ({rule})")
         if pred is None:
             print("False  (no answer found in the response)")
             return 1

@@ -978,3 +978,9 @@ def test_cli_prints_verdict_and_reason():
     assert out.returncode == 0 and "extracted: 'x=5'" in out.stdout
     out = _cli("--response", "--boxed-only", "the answer is 5", "5")
     assert out.returncode == 1 and "no answer" in out.stdout
+    out = _cli("--response", "so $\\boxed{1}$, $\\boxed{2}$", "2, 1")  # the extraction rule is named too
+    assert out.returncode == 0 and "extracted: '1, 2'  (boxes joined)" in out.stdout
+    out = _cli("--response", "Hence $x \\geq 5$.", "[5, \\infty)")
+    assert out.returncode == 0 and "(last math span)" in out.stdout and "union of intervals" in out.stdout
+    out = _cli("|AB| = 2", "2")
+    assert out.returncode == 0 and "labelled" in out.stdout

@@ -12,23 +12,36 @@ Public API (used by train.py, eval.py and the tests):
     reward(response, gold, template_name, use_format=True, timeout=5.0) -> {"accuracy", "format", "reward"}
     grade_batch(...) / reward_batch(...)                                             (the same, over worker processes)
 
+Extraction (extract_answer): the last \\boxed{}, joined with the boxes just before it when only a connector separates
+them ("\\boxed{1}, \\boxed{2}" is the answer "1, 2"); with no box, <answer> tags, "the answer is ...", then the closing
+value: the last math span ($...$, \\(...\\), \\[...\\], $$...$$; several joined by "and"/","), or a number stated after
+it ("the largest $n$ is 34."); a denied value ("it isn't 42") is no answer, and text after a chat-template marker
+(<|im_start|>) is not part of the response. boxed_only (the papers' protocol) takes the last box alone.
+
 How is_equivalent decides, cheapest step first. A step may only say "equal" when it is sure; when unsure the answer is
 False, because a false positive is the error RL learns to exploit.
  1. Normalise both strings: $ and \\( \\) delimiters, \\left/\\right, \\dfrac/\\tfrac, spacing commands
     (\\, \\! \\; \\quad ~), \\text{}/\\textbf{}/\\mbox{} wrappers, units (cm, inches, \\mbox{ cm}^2, \\mathrm{~m/s}),
-    ^\\circ/degrees, percent, thousands separators ("1,000" and "10,\\!080", but "1,2" stays a list), trailing
-    periods, "or"/"and" separators.
+    ^\\circ/degrees, percent, thousands separators ("1,000" and "10,\\!080", but "1,2" and "1, 234" stay lists; a
+    predicted "2,74" or "0,111" may also be a decimal comma), trailing periods and stray backslashes, "or"/"and"
+    separators, √12, set-builder {x | x > 2}, an index qualifier ", k \\in \\mathbb{Z}".
  2. Identical normalised strings are equal. Multiple-choice letters ("\\text{(C)}" vs "C") and word answers
-    ("\\text{Evelyn}") are compared as letters / lower-cased words and never reach the maths.
+    ("\\text{Evelyn}") are compared as letters / lower-cased words and never reach the maths ("C. x = 42" is C; a
+    predicted "(D) 6" against a gold 6 is its value).
  3. Parse LaTeX (or plain text like "sqrt(2)/2") with the small recursive-descent parser below into a tree of tuples.
     No sympy or antlr parsing: it is slow, and its silent mis-parses are a source of false positives.
  4. Compare trees: tuples/points ordered, sets and comma lists unordered, intervals with their bracket types, unions of
-    intervals unordered, matrices element-wise, "x=5" vs "5" (a variable on the left is dropped), equations up to a
-    constant factor, inequalities (flipped to one direction, or turned into intervals), "a \\pm b" as two values.
+    intervals and of finite sets unordered, matrices (any environment, cases/array systems too) element-wise, labels
+    ("x=5", "|AB| = 1", "V_1:V_2 = 11:21", "\\frac{NO}{BO} = ...": a left side of names only is dropped; a chain
+    "S = 3 + 4 = 7" ends in its result), "p = 5, q = 2; p = 7, q = 2" as tuples, a ratio 11:21 as 11/21, equations up
+    to a constant factor, relations in one variable as sets of reals (affine sides solved, -x > -1 is x < 1; |x|
+    unfolded; 0 < f(x) < 1 is the range (0, 1); x \\neq 2), "\\approx 0.577" after an exact value dropped, "a \\pm b"
+    as two values wherever the \\pm stands.
  5. Scalars: exact rational arithmetic (every literal, decimals included, is an exact fraction); else mpmath at 34
     digits, an "equal" re-checked at 400 bits; expressions with variables are evaluated at random positive points
     (plus integer points for floor/ceil/abs/factorials, negative points for abs/floor/ceil); sympy's
-    simplify(a - b) == 0 decides only when that evaluation is inconclusive.
+    simplify(a - b) == 0 decides only when that evaluation is inconclusive. A fractional power of a negative number
+    with an odd denominator is the real root, like \\sqrt[3]{}: (x^2-2)^{2/3} = \\sqrt[3]{x^2-2}^2.
 Reading conventions: juxtaposition binds tighter than "/" (t/RC = t/(RC), 1/2x = 1/(2x)); "2\\frac{1}{2}" is the mixed
 number 5/2; "I(0)" is a value of I, not I times 0; "\\log" is the natural logarithm; i is the imaginary unit.
 
@@ -273,9 +286,10 @@ def _extract(text: str, strict: bool, boxed_only: bool) -> tuple[str | None, str
     marker = _CHAT_MARKER_RE.search(text)
     if marker:
         text = text[: marker.start()]
-    spans = _box_spans(text)
     boxed = _last_boxed(text)
     if boxed is not None:
+        several = text.count("\\boxed") + text.count("\\fbox") > 1  # one box: nothing to join (and no time spent)
+        spans = _box_spans(text) if several else []
         group = _joined(spans, text, words=4) if spans and spans[-1][2] == boxed else None
         return (group[1], "boxes joined") if group is not None and group[1] != boxed else (boxed, "last box")
     opened = text.rfind("<answer>")
@@ -1553,6 +1567,8 @@ def _expand_pm(node: tuple) -> list:
 
 def _pm_list(node: tuple) -> tuple:
     """A scalar with \\pm as the unordered list of its values; anything else unchanged."""
+    if node[0] in ("num", "sym", "const"):  # leaves, the most frequent case: no walk
+        return node
     if node[0] == "list" and any(n[0] == "pm" for n in _walk(node)):  # "0, \\pm 2" is the list 0, 2, -2
         return ("list", tuple(v for c in node[1] for v in _expand_pm(c)))
     if node[0] not in _SCALARS and node[0] != "pm" or not any(n[0] == "pm" for n in _walk(node)):

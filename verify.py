@@ -430,7 +430,7 @@ def _normalize(s: str) -> tuple[str, bool]:
             break
     unitless = _UNIT_TAIL_RE.sub("", s).strip()
     s = unitless or s
-    s = _QUALIFIER_RE.sub("", s).strip() or s  # "k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}": the family, not the index
+    s = _QUALIFIER_RE.sub("", s).strip() or s  # "k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}": the family
     if s.startswith("\\{") and not s.endswith("\\}") and re.match(r"\\\{\s*\\begin\{(?:array|cases)\}", s):
         s = s[2:]  # a system "\\left\\{\\begin{array}...\\end{array}\\right.": its rows
     s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ")

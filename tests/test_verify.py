@@ -670,6 +670,17 @@ def test_math500_solutions_grade_correct():
     assert len(rows) == 500 and not wrong, wrong
 
 
+def test_math500_solutions_extract_as_the_boxed_protocol_does():
+    """The new extraction paths only act on several boxes or none: every MATH500 solution with one box gives the
+    training reward the same answer as the papers' boxed protocol, and those with several join only adjacent ones."""
+    rows = _math500()
+    one = [r for r in rows if r["solution"].count("\\boxed") == 1]
+    assert len(one) > 450
+    assert [extract_answer(r["solution"]) for r in one] == [extract_answer(r["solution"], boxed_only=True) for r in one]
+    several = [r for r in rows if r["solution"].count("\\boxed") > 1]
+    assert all(grade(r["solution"], r["answer"]) for r in several)
+
+
 def test_math500_solutions_against_shuffled_answers_grade_wrong():
     """A derangement of the answers: only pairs whose two gold answers are the same string may grade correct."""
     rows = _math500()

@@ -324,6 +324,8 @@ _UNICODE = {
     "\u221a": r"\sqrt ", "\u00b0": r"^\circ ", "\u222a": r"\cup ", "\u2208": r"\in ", "\u00b1": r"\pm ",
     "\u00a0": " ", "\u2032": "'", "\u2205": r"\emptyset ", "\u2248": r"\approx ", "\u00b2": "^2", "\u00b3": "^3",
     "\u2074": "^4", "\u00bd": r"\frac{1}{2}", "\u2192": r"\to ", "\u2229": r"\cap ",
+    "\u2a7d": r"\le ", "\u2a7e": r"\ge ", "\u2213": r"\mp ", "\u00bc": r"\frac{1}{4}", "\u00be": r"\frac{3}{4}",
+    "\uff08": "(", "\uff09": ")", "\uff0c": ",", "\u3001": ",", "\uff1a": ":", "\uff1b": ";",  # full-width forms
 }  # fmt: skip
 _TEXT_CMDS = (
     r"text|textrm|textbf|textit|textnormal|textsf|texttt|mbox|hbox|emph|num|"
@@ -353,7 +355,10 @@ _SPACES_RE = re.compile(
 _SIZING_RE = re.compile(
     r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|bigg|Bigg|big|Big)(?![a-zA-Z])\s*"
 )
-_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|\^\s*\{\s*(?:\\prime\s*)+\}|\^\s*\\prime")
+_DEGREE_RE = re.compile(  # degrees (Celsius and Fahrenheit too: 25^\\circ C) and primes
+    r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree)(?:\s*(?:\\mathrm\{|\\text\{)?\s*[CF]\}?(?![a-zA-Z]))?"
+    r"|\^\s*\{\s*(?:\\prime\s*)+\}|\^\s*\\prime"
+)
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
 _MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*|:(?![A-Z]).*)?")  # "(C) 12", "C", "C. x = 42", "B)", "D: 36"
@@ -443,6 +448,8 @@ def _normalize(s: str) -> tuple[str, bool]:
     if re.fullmatch(_THOUSANDS, s) or re.fullmatch(r"[1-9]\d{0,2}(?: \d{3})+", s):
         s = s.replace(",", "").replace(" ", "")  # a whole answer "1,000": thousands, not the list (1, 0) nor "1, 000"
     s = re.sub(r" ?([^\w\s\\]) ?", r"\1", s)  # spaces next to symbols carry no meaning
+    if re.fullmatch(r"(?i)(?:the set of )?all real numbers|every real number|\\mathbb\{R\}", s):
+        s = "(-\\infty,\\infty)"  # the reals in words
     m = re.fullmatch(r"\\\{\s*[a-zA-Z]\s*(?:\\mid|\||:)(.+)\\\}", s)
     if m:  # set-builder notation: {x | x > 2} is the set its condition describes
         s = m.group(1)

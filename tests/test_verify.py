@@ -239,6 +239,10 @@ EQUAL = [
     ("x != 2", "x \\neq 2"),
     ("x ≠ 2", "x \\ne 2"),
     ("\\num{1234}", "1234"),
+    ("25^\\circ C", "25"),
+    ("（1，2）", "(1, 2)"),  # full-width brackets and comma
+    ("x ⩽ 3", "(-\\infty, 3]"),
+    ("\\text{all real numbers}", "(-\\infty, \\infty)"),
     # number formats: decimal comma where it cannot be a thousands separator, stray backslashes, unicode roots
     ("1000,99", "1000.99"),
     ("0,111", "0.111"),
@@ -399,6 +403,11 @@ NOT_EQUAL = [
     ("x \\neq 2", "x \\neq 3"),
     ("x != 2", "x \\neq 3"),
     ("3! = 6", "3"),  # a factorial before "=" is still a factorial
+    ("25^\\circ C", "26"),
+    ("（1，2）", "(2, 1)"),
+    ("x ⩽ 3", "(-\\infty, 3)"),
+    ("\\text{all real numbers}", "(0, \\infty)"),
+    ("\\text{all real numbers}", "\\text{all integers}"),
     ("x^2 < 4", "(-2, 2)"),  # not affine: not solved (a known limit), never guessed
     # number formats: twins; a list with a space after the comma is a list
     ("1000,99", "100099"),

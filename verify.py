@@ -238,13 +238,20 @@ def _negated(before: str) -> bool:
 def _closing_value(text: str) -> tuple[str | None, str]:
     """The answer of a response without a box, phrase or tag: the last math span (with the spans _joins links to it),
     unless a number stated after it follows ("... the largest $n$ is 34.", not "$5$ (see step 3)"); with no span, the
-    last number. A span that only names a variable ($n$) is not an answer; a number after "approximately" restates the
-    value; a denied value ("isn't 42") is no answer. Returns (answer or None, the rule's name)."""
+    last number. A span that only names a variable ($n$) or is denied ("$f(3) = 2$, not $4$") is not an answer, nor a
+    last span or number after "approximately" that restates the value before it; a denied number ("isn't 42") leaves no
+    answer. Returns (answer or None, the rule's name)."""
     cut = max(0, len(text) - CLOSING_CHARS)  # the answer closes the response; a bounded tail keeps the scan linear
     if len(re.findall(r"(?<!\\)\$", text[:cut])) % 2:  # ... starting outside a $...$ span
         cut = text.find("$", cut) + 1
     text = text[cut:]
-    spans = [sp for sp in _math_spans(text) if sp[2] and not _NAME_RE.fullmatch(sp[2])]
+    spans = [
+        sp
+        for sp in _math_spans(text)
+        if sp[2] and not _NAME_RE.fullmatch(sp[2]) and not _negated(text[max(0, sp[0] - 40) : sp[0]])
+    ]
+    if len(spans) > 1 and _RESTATED_RE.search(text[max(0, spans[-1][0] - 20) : spans[-1][0]]):
+        spans.pop()  # "$\\frac{1}{6}$, or about $16.7\\%$"
     group = _joined(spans, text, words=0)
     tail_from = spans[-1][1] if spans else 0
     number = None
@@ -1359,12 +1366,17 @@ def _label_like(node: tuple, value: tuple | None = None) -> bool:
 
 def _rhs(node: tuple) -> tuple | None:
     """The value a relation states about a named quantity: "x = 5" -> 5, "x \\in [1, 2]" -> [1, 2], "|AB| = 1" -> 1,
-    "S = 3 + 4 = 7" -> 7 (a chain ends in its result); None for equations like "2x = 10"."""
-    if node[0] != "rel" or not _label_like(node[2][0], node[2][1]):
+    "S = 3 + 4 = 7" -> 7 (a chain ends in its result); or the result of a true computation, "\\binom{6}{2} = 15" -> 15
+    ("1 + 1 = 3" states no answer); None for equations like "2x = 10"."""
+    if node[0] != "rel":
         return None
     ops, exprs = node[1], node[2]
-    if ops == ("in",) or all(o == "=" for o in ops):
-        return exprs[-1]
+    if _label_like(exprs[0], exprs[1]):
+        return exprs[-1] if ops == ("in",) or all(o == "=" for o in ops) else None
+    if all(o == "=" for o in ops):
+        values = [_constant(e) for e in exprs]
+        if all(v is not None for v in values) and all(_close(v, values[-1], REL_TOL_EXACT) for v in values):
+            return exprs[-1]
     return None
 
 
@@ -1407,7 +1419,8 @@ def _constant(node: tuple):
     if _symbols(node):
         return None
     try:
-        return _real(_num(node, {}))
+        exact = _exact(node)  # gcd, binomials and factorials have exact values only
+        return _MP.mpf(exact.numerator) / exact.denominator if exact is not None else _real(_num(node, {}))
     except (_ParseError, ValueError, ZeroDivisionError, _TooBig, TypeError):
         return None
 

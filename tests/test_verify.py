@@ -204,6 +204,8 @@ EQUAL = [
     ("\\angle ABC = 30^\\circ", "30"),
     ("A^{-1} = \\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
     ("S = 3 + 4 = 7", "7"),
+    ("\\binom{6}{2} = 15", "15"),  # a true computation states its result
+    ("\\gcd(84, 126) = 42", "42"),
     ("\\tan\\theta = \\frac34", "0.75"),
     ("e = \\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),  # e names an eccentricity here
     ("\\text{Area} = 25", "25"),
@@ -365,6 +367,8 @@ NOT_EQUAL = [
     ("\\angle ABC = 60^\\circ", "30"),
     ("A^{-1} = \\begin{pmatrix}1&0\\\\0&3\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
     ("S = 3 + 4 = 8", "7"),
+    ("\\binom{6}{2} = 16", "16"),  # a false computation states no answer
+    ("\\gcd(84, 126) = 42", "84"),
     ("\\tan\\theta = \\frac43", "0.75"),
     ("e = \\frac{\\sqrt{3}}{3}", "\\frac{\\sqrt3}{2}"),
     ("\\text{Area} = 24", "25"),
@@ -592,6 +596,10 @@ RESPONSES = [
     ("We get \\[\\frac{a}{b} = \\frac{2}{5}\\]\nso the ratio is 2:5.", "2:5", True),
     ("We get \\[\\frac{a}{b} = \\frac{2}{5}\\]\nso the ratio is 2:5.", "5", False),
     ("The probability is $\\frac{5}{12}$, approximately 0.4167.", "\\frac{5}{12}", True),
+    ("The probability is $\\frac{1}{6}$, or about $16.7\\%$.", "\\frac{1}{6}", True),
+    ("The probability is $\\frac{1}{7}$, or about $16.7\\%$.", "\\frac{1}{6}", False),
+    ("We find $f(3) = 2$, not $4$.", "2", True),
+    ("We find $f(3) = 2$, not $4$.", "4", False),
     ("The probability is $\\frac{5}{13}$, approximately 0.3846.", "\\frac{5}{12}", False),
     ("Multiplying gives 5! = 120. I hope it is correct.", "120", True),
     ("Multiplying gives 5! = 120. I hope it is correct.", "24", False),

@@ -124,6 +124,7 @@ _PHRASE_RE = re.compile(
 _LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+|(?::\d+)+)?")  # 3/4, 2:5
 _CHAT_MARKER_RE = re.compile(r"<\|[A-Za-z_]+\|>|</s>")  # end of the model's turn (ChatML, Llama 3, ...)
 _MATH_RE = re.compile(
+    r"\\begin\{(?:align|equation|gather)\*?\}(.{1,2000}?)\\end\{(?:align|equation|gather)\*?\}|"
     r"\$\$(.{1,2000}?)\$\$|\\\[(.{1,2000}?)\\\]|\\\((.{1,2000}?)\\\)|(?<![\\$])\$(?!\$)([^$]{1,2000}?)(?<!\\)\$", re.S
 )
 _SUCCESSION_RE = re.compile(  # words that make the later answer replace the earlier one
@@ -131,10 +132,10 @@ _SUCCESSION_RE = re.compile(  # words that make the later answer replace the ear
     r"means|which|not|check|recheck|correct(?:ed|ion)?|mistake|wrong|or rather|again)\b"
 )
 _NAME_RE = re.compile(r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{?\w+\}?)?")  # $n$
-_STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total|of)|[=:])\s*$")  # "... is 34"
+_STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total(?: of)?)|[=:])\s*$")  # "... is 34"
 _RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "$\\frac{5}{12}$, about 0.42"
 _NEGATION_RE = re.compile(
-    r"(?:\bnot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$", re.I
+    r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$", re.I
 )
 
 
@@ -226,8 +227,15 @@ def _answer_phrase(text: str) -> str | None:
 
 
 def _math_spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of every $...$, $$...$$, \\(...\\) and \\[...\\] in the text, in order."""
-    return [(m.start(), m.end(), next(g for g in m.groups() if g is not None).strip()) for m in _MATH_RE.finditer(text)]
+    """(start, end, content) of every $...$, $$...$$, \\(...\\), \\[...\\] and align/equation/gather environment in
+    the text, in order; of a multi-line display its last row, without the alignment: "&= p - q." -> "p - q."."""
+    out = []
+    for m in _MATH_RE.finditer(text):
+        content = next(g for g in m.groups() if g is not None)
+        if m.group(0).startswith("\\begin") or re.search(r"&\s*=", content):  # an aligned display
+            content = re.sub(r"^\s*&?\s*=|&", " ", [r for r in re.split(r"\\\\", content) if r.strip()][-1:][0] or "")
+        out.append((m.start(), m.end(), content.strip()))
+    return out
 
 
 def _negated(before: str) -> bool:
@@ -446,7 +454,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     if s.startswith("\\{") and not s.endswith("\\}") and re.match(r"\\\{\s*\\begin\{(?:array|cases)\}", s):
         s = s[2:]  # a system "\\left\\{\\begin{array}...\\end{array}\\right.": its rows
     s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ")
-    s = s.replace("!=", "\\ne ")  # "x != 2" (written together; "5! = 120" keeps its factorial)
+    s = re.sub(r"(?<![\d)}\s])\s*!=", r"\\ne ", s)  # "x != 2", "x!=2"; "5!=120" and "5! = 120" are factorials
     s = re.sub(r"^\s*(?:\\approx|\\sim)\s*", "", s)
     s = _PLAIN_FUNCS_RE.sub(r"\\\1", s)
     s = re.sub(r"\\infty|(?<!\\)\b(?:infinity|inf)\b", r"\\infty ", s)
@@ -1366,17 +1374,16 @@ def _label_like(node: tuple, value: tuple | None = None) -> bool:
 
 def _rhs(node: tuple) -> tuple | None:
     """The value a relation states about a named quantity: "x = 5" -> 5, "x \\in [1, 2]" -> [1, 2], "|AB| = 1" -> 1,
-    "S = 3 + 4 = 7" -> 7 (a chain ends in its result); or the result of a true computation, "\\binom{6}{2} = 15" -> 15
-    ("1 + 1 = 3" states no answer); None for equations like "2x = 10"."""
+    "S = 3 + 4 = 7" -> 7 (a chain ends in its result); or the result of a computation whose last two sides agree,
+    "\\binom{6}{2} = 15" -> 15, "f(-2) + f(0) = 2 + 1 = 3" -> 3 ("1 + 1 = 3" states no answer); None for equations
+    like "2x = 10"."""
     if node[0] != "rel":
         return None
     ops, exprs = node[1], node[2]
     if _label_like(exprs[0], exprs[1]):
         return exprs[-1] if ops == ("in",) or all(o == "=" for o in ops) else None
-    if all(o == "=" for o in ops):
-        values = [_constant(e) for e in exprs]
-        if all(v is not None for v in values) and all(_close(v, values[-1], REL_TOL_EXACT) for v in values):
-            return exprs[-1]
+    if all(o == "=" for o in ops) and _equal(exprs[-2], exprs[-1])[0]:
+        return exprs[-1]  # a computation ending in its result: the last two sides agree
     return None
 
 

@@ -239,6 +239,8 @@ EQUAL = [
     ("x \\lt 3", "(-\\infty, 3)"),
     ("x \\geq 5", "x >= 5"),
     ("x != 2", "x \\neq 2"),
+    ("x!=2", "x \\neq 2"),
+    ("2\\cdot5!=240", "240"),  # after a number, "!=" is a factorial and "="
     ("x ≠ 2", "x \\ne 2"),
     ("\\num{1234}", "1234"),
     ("25^\\circ C", "25"),
@@ -602,6 +604,11 @@ RESPONSES = [
     ("We find $f(3) = 2$, not $4$.", "4", False),
     ("The probability is $\\frac{5}{13}$, approximately 0.3846.", "\\frac{5}{12}", False),
     ("Multiplying gives 5! = 120. I hope it is correct.", "120", True),
+    ("So $f(-2) + f(0) = \\frac{-8}{-4} + 1 = 2 + 1 = 3$.", "3", True),  # a computation ends in its result
+    ("So $f(-2) + f(0) = \\frac{-8}{-4} + 1 = 2 + 1 = 4$.", "4", False),  # ... when its last two sides agree
+    ("\\begin{align*}\na &= 2 + 3 \\\\\n&= 5.\n\\end{align*}", "5", True),  # an aligned display's last row
+    ("\\begin{align*}\na &= 2 + 3 \\\\\n&= 5.\n\\end{align*}", "3", False),
+    ("Since $x$ cannot be $0$, $x = 5$.", "5", True),
     ("Multiplying gives 5! = 120. I hope it is correct.", "24", False),
     ("The correct option is (A).", "A", True),
     ("The correct option is (A).", "B", False),
@@ -696,6 +703,36 @@ def test_math500_solutions_extract_as_the_boxed_protocol_does():
     assert [extract_answer(r["solution"]) for r in one] == [extract_answer(r["solution"], boxed_only=True) for r in one]
     several = [r for r in rows if r["solution"].count("\\boxed") > 1]
     assert all(grade(r["solution"], r["answer"]) for r in several)
+
+
+def _unboxed(solution: str) -> str:
+    """The solution with every \\boxed{X} replaced by X: a response that states its answer without a box."""
+    out, i = [], 0
+    while (k := solution.find("\\boxed", i)) >= 0:
+        group = verify._braced(solution, k + len("\\boxed"))
+        if group is None:
+            break
+        out += [solution[i:k], group[0]]
+        i = group[1]
+    return "".join(out) + solution[i:]
+
+
+def test_math500_solutions_without_their_boxes():
+    """The closing-value rules on 500 real solutions with the box taken out: most still grade correct (the answer is
+    the last math span, a computation's result, an aligned display's last row), and none against a shuffled answer."""
+    rows = _math500()
+    perm = list(range(500))
+    random.Random(0).shuffle(perm)
+    responses = [_unboxed(r["solution"]) for r in rows]
+    assert not any("\\boxed" in t for t in responses)
+    correct = sum(grade(t, r["answer"]) for t, r in zip(responses, rows))
+    false_pos = [
+        (r["answer"], rows[j]["answer"])
+        for t, r, j in zip(responses, rows, perm)
+        if r["answer"].strip() != rows[j]["answer"].strip() and grade(t, rows[j]["answer"])
+    ]
+    assert correct >= 400, correct  # 414 when written; 291 before these rules
+    assert not false_pos, false_pos
 
 
 def test_math500_solutions_against_shuffled_answers_grade_wrong():

@@ -133,9 +133,10 @@ _SUCCESSION_RE = re.compile(  # words that make the later answer replace the ear
 )
 _NAME_RE = re.compile(r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{?\w+\}?)?")  # $n$
 _STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total(?: of)?)|[=:])\s*$")  # "... is 34"
-_RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "$\\frac{5}{12}$, about 0.42"
+_RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "..., about 0.42"
 _NEGATION_RE = re.compile(
-    r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$", re.I
+    r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$",
+    re.I,
 )
 
 
@@ -233,7 +234,8 @@ def _math_spans(text: str) -> list[tuple[int, int, str]]:
     for m in _MATH_RE.finditer(text):
         content = next(g for g in m.groups() if g is not None)
         if m.group(0).startswith("\\begin") or re.search(r"&\s*=", content):  # an aligned display
-            content = re.sub(r"^\s*&?\s*=|&", " ", [r for r in re.split(r"\\\\", content) if r.strip()][-1:][0] or "")
+            rows = [r for r in re.split(r"\\\\", content) if r.strip()]
+            content = re.sub(r"^\s*&?\s*=|&", " ", rows[-1]) if rows else ""
         out.append((m.start(), m.end(), content.strip()))
     return out
 

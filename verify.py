@@ -40,7 +40,8 @@ False, because a false positive is the error RL learns to exploit.
  5. Scalars: exact rational arithmetic (every literal, decimals included, is an exact fraction); else mpmath at 34
     digits, an "equal" re-checked at 400 bits; expressions with variables are evaluated at random positive points
     (plus integer points for floor/ceil/abs/factorials, negative points for abs/floor/ceil); sympy's
-    simplify(a - b) == 0 decides only when that evaluation is inconclusive. A fractional power of a negative number
+    simplify(a - b) == 0 decides only when that evaluation is inconclusive. A side with % is also read as value/100,
+    a side in degrees also in radians (90^\\circ matches 90 and \\frac{\\pi}{2}). A fractional power of a negative number
     with an odd denominator is the real root, like \\sqrt[3]{}: (x^2-2)^{2/3} = \\sqrt[3]{x^2-2}^2.
 Reading conventions: juxtaposition binds tighter than "/" (t/RC = t/(RC), 1/2x = 1/(2x)); "2\\frac{1}{2}" is the mixed
 number 5/2; "I(0)" is a value of I, not I times 0; "\\log" is the natural logarithm; i is the imaginary unit.
@@ -413,7 +414,7 @@ def _strip_trailing_unit(s: str) -> str:
 
 
 def _normalize(s: str) -> tuple[str, bool]:
-    """Formatting-free form of an answer string, and whether it carried a percent sign."""
+    """Formatting-free form of an answer string, and its marks: "%" for a percent sign, "°" for degrees."""
     s = re.sub("\u221a\\s*(\\d+(?:\\.\\d+)?)", r"\\sqrt{\1}", s.strip())  # √12 is \\sqrt{12}, not \\sqrt{1}2
     for k, v in _UNICODE.items():
         if k in s:
@@ -437,8 +438,8 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"(\d)\s*(?:\{,\}|,\\!)\s*(?=\d{3})", r"\1", s)  # 10,\!080 and 1{,}000: thousands separators
     s = _SPACES_RE.sub(lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
     s = re.sub(r"\\langle", "(", s).replace("\\rangle", ")")
+    marks = ("%" if "%" in s else "") + ("\u00b0" if re.search(r"\^\s*\{?\s*\\circ|\\degree", s) else "")
     s = _DEGREE_RE.sub("", s)
-    percent = "%" in s
     s = s.replace("\\%", "").replace("%", "")
     s = re.sub(r"\\(?:" + _TEXT_CMDS + r")\s*\{\s*(?:or|and)\s*\}|\s+(?:or|and)\s+", ",", s)
     s = re.sub(r",\s*(?=,)", "", s)  # "2, 3, and 4" -> "2, 3, 4"
@@ -477,7 +478,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     m = _NUMBER_WORDS_RE.fullmatch(s)
     if m and not re.search(r"\b(?:or|and|to)\b", s):
         s = m.group(1)  # "5 apples", "12 square feet": the number
-    return s, percent
+    return s, marks
 
 
 _QUALIFIER_RE = re.compile(
@@ -1717,21 +1718,25 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
 
 @functools.lru_cache(maxsize=8192)
 def _prepare(s: str) -> tuple:
-    """(normalised string, percent?, tree or None, parse error) of one answer; cached (gold answers repeat)."""
+    """(normalised string, marks ("%", "°"), tree or None, parse error) of one answer; cached (gold answers repeat)."""
     if len(s) > MAX_ANSWER_CHARS:
-        return s.strip(), False, None, "too long to parse"
-    norm, percent = _normalize(s)
+        return s.strip(), "", None, "too long to parse"
+    norm, marks = _normalize(s)
     try:
-        return norm, percent, _Parser(norm).parse(), None
+        return norm, marks, _Parser(norm).parse(), None
     except (_ParseError, ValueError, ZeroDivisionError, RecursionError, IndexError) as e:
-        return norm, percent, None, f"cannot parse: {e}"
+        return norm, marks, None, f"cannot parse: {e}"
 
 
-def _variants(raw: str, node: tuple, percent: bool, pred: bool) -> list:
-    """The readings of an answer: as written; a value with % also as value/100 ("25%" matches 25 and 0.25); a
-    prediction "2,74" also with a decimal comma (see _decimal_comma). A gold "1,3" is the list of the data's
-    convention: the prediction 1.3 must not match it."""
-    out = [node, ("mul", (node, ("num", Fraction(1, 100), False)))] if percent else [node]
+def _variants(raw: str, node: tuple, marks: str, pred: bool) -> list:
+    """The readings of an answer: as written; a value with % also as value/100 ("25%" matches 25 and 0.25); a value
+    in degrees also in radians ("90^\\circ" matches 90 and \\frac{\\pi}{2}); a prediction "2,74" also with a decimal
+    comma (see _decimal_comma). A gold "1,3" is the list of the data's convention: the prediction 1.3 must not match."""
+    out = [node]
+    if "%" in marks:
+        out.append(("mul", (node, ("num", Fraction(1, 100), False))))
+    if "\u00b0" in marks:
+        out.append(("mul", (node, ("frac", ("const", "pi"), ("num", Fraction(180), False)))))
     comma = _decimal_comma(raw) if pred else None
     return out + [comma] if comma is not None else out
 
@@ -1777,7 +1782,7 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
                 ok, why = _equal(vp, vg)
                 if ok:
                     other = vp is not tp or vg is not tg
-                    return True, why + (" (another reading: percent or decimal comma)" if other else "")
+                    return True, why + (" (another reading: percent, degrees or decimal comma)" if other else "")
         return False, why
     except _TooBig as e:
         return False, f"too large to compare ({e})"

@@ -244,6 +244,8 @@ EQUAL = [
     ("x ≠ 2", "x \\ne 2"),
     ("\\num{1234}", "1234"),
     ("25^\\circ C", "25"),
+    ("\\frac{\\pi}{2}", "90^\\circ"),  # degrees also read in radians
+    ("60°", "\\frac{\\pi}{3}"),
     ("（1，2）", "(1, 2)"),  # full-width brackets and comma
     ("x ⩽ 3", "(-\\infty, 3]"),
     ("\\text{all real numbers}", "(-\\infty, \\infty)"),
@@ -341,8 +343,10 @@ NOT_EQUAL = [
     ("x > 3", "x \\ge 3"),
     ("x > 3", "[3, \\infty)"),
     ("x=1, y=2", "(2,1)"),
-    # degrees are not converted to radians; numerals keep their base
-    ("\\frac{\\pi}{2}", "90^\\circ"),
+    # degrees and radians: only a side written in degrees has the radian reading; numerals keep their base
+    ("\\frac{\\pi}{3}", "90^\\circ"),
+    ("\\frac{\\pi}{2}", "90"),
+    ("1.5708", "90^\\circ"),  # a decimal for the exact pi/2 reading
     ("34", "42_8"),
     ("52_8", "52"),
     ("[1, 2]", "1, 2"),

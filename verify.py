@@ -41,8 +41,8 @@ False, because a false positive is the error RL learns to exploit.
     digits, an "equal" re-checked at 400 bits; expressions with variables are evaluated at random positive points
     (plus integer points for floor/ceil/abs/factorials, negative points for abs/floor/ceil); sympy's
     simplify(a - b) == 0 decides only when that evaluation is inconclusive. A side with % is also read as value/100,
-    a side in degrees also in radians (90^\\circ matches 90 and \\frac{\\pi}{2}). A fractional power of a negative number
-    with an odd denominator is the real root, like \\sqrt[3]{}: (x^2-2)^{2/3} = \\sqrt[3]{x^2-2}^2.
+    a side in degrees also in radians (90^\\circ matches 90 and \\frac{\\pi}{2}). A fractional power of a negative
+    number with an odd denominator is the real root, like \\sqrt[3]{}: (x^2-2)^{2/3} = \\sqrt[3]{x^2-2}^2.
 Reading conventions: juxtaposition binds tighter than "/" (t/RC = t/(RC), 1/2x = 1/(2x)); "2\\frac{1}{2}" is the mixed
 number 5/2; "I(0)" is a value of I, not I times 0; "\\log" is the natural logarithm; i is the imaginary unit.
 

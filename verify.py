@@ -132,7 +132,8 @@ _SUCCESSION_RE = re.compile(  # words that make the later answer replace the ear
     r"(?i)\b(?:then|so|thus|hence|therefore|finally|but|wait|actually|instead|gives?|gets?|becomes?|is|are|was|equals|"
     r"means|which|not|check|recheck|correct(?:ed|ion)?|mistake|wrong|or rather|again)\b"
 )
-_NAME_RE = re.compile(r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{?\w+\}?)?")  # $n$
+_NAME = r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{?\w+\}?)?"
+_NAME_RE = re.compile(_NAME + r"(?:\s*(?:[=<>]|\\[lg]eq?)\s*" + _NAME + ")*")  # $n$, $a = b$: names, not values
 _STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total(?: of)?)|[=:])\s*$")  # "... is 34"
 _RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "..., about 0.42"
 _NEGATION_RE = re.compile(
@@ -1732,11 +1733,12 @@ def _variants(raw: str, node: tuple, marks: str, pred: bool) -> list:
     """The readings of an answer: as written; a value with % also as value/100 ("25%" matches 25 and 0.25); a value
     in degrees also in radians ("90^\\circ" matches 90 and \\frac{\\pi}{2}); a prediction "2,74" also with a decimal
     comma (see _decimal_comma). A gold "1,3" is the list of the data's convention: the prediction 1.3 must not match."""
+    value = _rhs(node) if node[0] == "rel" and _rhs(node) is not None else node  # "\\angle A = 45^\\circ": 45
     out = [node]
     if "%" in marks:
-        out.append(("mul", (node, ("num", Fraction(1, 100), False))))
+        out.append(("mul", (value, ("num", Fraction(1, 100), False))))
     if "\u00b0" in marks:
-        out.append(("mul", (node, ("frac", ("const", "pi"), ("num", Fraction(180), False)))))
+        out.append(("mul", (value, ("frac", ("const", "pi"), ("num", Fraction(180), False)))))
     comma = _decimal_comma(raw) if pred else None
     return out + [comma] if comma is not None else out
 

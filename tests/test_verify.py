@@ -246,6 +246,7 @@ EQUAL = [
     ("25^\\circ C", "25"),
     ("\\frac{\\pi}{2}", "90^\\circ"),  # degrees also read in radians
     ("60°", "\\frac{\\pi}{3}"),
+    ("\\angle ACB = 45^\\circ", "\\frac{\\pi}{4}"),
     ("（1，2）", "(1, 2)"),  # full-width brackets and comma
     ("x ⩽ 3", "(-\\infty, 3]"),
     ("\\text{all real numbers}", "(-\\infty, \\infty)"),
@@ -347,6 +348,7 @@ NOT_EQUAL = [
     ("\\frac{\\pi}{3}", "90^\\circ"),
     ("\\frac{\\pi}{2}", "90"),
     ("1.5708", "90^\\circ"),  # a decimal for the exact pi/2 reading
+    ("\\angle ACB = 45^\\circ", "\\frac{\\pi}{3}"),
     ("34", "42_8"),
     ("52_8", "52"),
     ("[1, 2]", "1, 2"),
@@ -597,6 +599,8 @@ RESPONSES = [
     ("Solving, $x_1 = 2$ and $x_2 = -7$.", "-7, 2", True),
     ("Solving, $x_1 = 2$ and $x_2 = 7$.", "-7, 2", False),
     ("So there are 12 ways to choose $k$.", "12", True),
+    ("So the minimum is 7, achieved when $a = b$.", "7", True),  # a relation of names is no value
+    ("So the minimum is 7, achieved when $a = b$.", "8", False),
     ("So the sum is $\\frac{5}{2}$ (by step 3).", "\\frac52", True),
     ("So the sum is $\\frac{5}{2}$ (by step 3).", "3", False),
     ("We get \\[\\frac{a}{b} = \\frac{2}{5}\\]\nso the ratio is 2:5.", "2:5", True),

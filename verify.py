@@ -82,7 +82,7 @@ import mpmath
 
 DEFAULT_TIMEOUT = 5.0  # seconds per call (the paper's reward also gives up after 5 s and scores 0)
 MAX_ANSWER_CHARS = 1500  # longer answers are only compared as normalised strings (gold answers in the data: <= 204)
-CLOSING_CHARS = 4000  # an unboxed answer is looked for in the response's last 4000 characters
+CLOSING_CHARS = 4000  # joined boxes and an unboxed answer are looked for in the response's last 4000 characters
 MAX_TOKENS = 600  # a parsed answer has at most this many tokens
 MAX_DEPTH = 40  # nesting depth of brackets/braces the parser accepts
 MAX_BITS = 100_000  # largest exact integer (numerator/denominator) built during evaluation, ~30,000 digits
@@ -91,6 +91,7 @@ MAX_MAG = 1_000_000  # |value| < 2**MAX_MAG for floating evaluation (mpmath's ex
 REL_TOL_DECIMAL = 1e-6  # relative tolerance when a side is written as a decimal and neither side is an integer
 REL_TOL_EXACT = 1e-25  # "identical" at 113-bit precision: the noise of evaluating exact expressions
 N_POINTS = 4  # random points for expressions with variables
+MAX_PM_VALUES = 8  # an answer with \pm stands for at most this many values
 WORKER_STARTUP = 60.0  # seconds a batch worker process may take to import before it is replaced
 WORKER_GRACE = 2.0  # seconds past the time limit before the parent kills a worker stuck in uninterruptible work
 
@@ -308,8 +309,9 @@ def _extract(text: str, strict: bool, boxed_only: bool) -> tuple[str | None, str
     boxed = _last_boxed(text)
     if boxed is not None:
         several = text.count("\\boxed") + text.count("\\fbox") > 1  # one box: nothing to join (and no time spent)
-        spans = _box_spans(text) if several else []
-        group = _joined(spans, text, words=4) if spans and spans[-1][2] == boxed else None
+        tail = text[-CLOSING_CHARS:]  # joined boxes end the response: a bounded tail keeps 20,000 boxes cheap
+        spans = _box_spans(tail) if several else []
+        group = _joined(spans, tail, words=4) if spans and spans[-1][2] == boxed else None
         return (group[1], "boxes joined") if group is not None and group[1] != boxed else (boxed, "last box")
     opened = text.rfind("<answer>")
     if opened >= 0:
@@ -1591,9 +1593,14 @@ def _replace_pm(node: tuple) -> list | None:
 
 def _expand_pm(node: tuple) -> list:
     """a \\pm b -> [a + b, a - b], wherever the \\pm stands (\\frac{1 \\pm \\sqrt5}{2} too); each further \\pm doubles
-    the values (at most 8)."""
-    values = _replace_pm(node)
-    return [node] if values is None else [v for x in values for v in _expand_pm(x)][:8]
+    the values, up to MAX_PM_VALUES (then the answer stays unexpanded: 40 signs must not cost 2^40 trees)."""
+    values = [node]
+    while len(values) <= MAX_PM_VALUES:
+        expanded = [_replace_pm(v) or [v] for v in values]
+        if all(len(e) == 1 for e in expanded):
+            return values
+        values = [v for e in expanded for v in e]
+    return [node]
 
 
 def _pm_list(node: tuple) -> tuple:

@@ -124,7 +124,7 @@ _PHRASE_RE = re.compile(
     r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
 )
 _LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+|(?::\d+)+)?")  # 3/4, 2:5
-_CHAT_MARKER_RE = re.compile(  # the end of the model's turn (ChatML, Llama 3, DeepSeek's <｜end▁of▁sentence｜>, ...)
+_CHAT_MARKER_RE = re.compile(  # the end of the model's turn: ChatML, Llama 3, DeepSeek's <｜end▁of▁sentence｜>
     r"<[|\uff5c][^<>|\uff5c\n]{1,40}[|\uff5c]>|</s>|\n\s*(?:Human|User):"
 )
 _MATH_RE = re.compile(

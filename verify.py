@@ -217,17 +217,22 @@ def _joined(spans: list[tuple[int, int, str]], text: str, words: int) -> tuple[i
 
 
 def _answer_phrase(text: str) -> str | None:
-    """What follows the last "final answer is" / "the answer is": a $...$ group, else the rest of the sentence."""
+    """What follows the last "final answer is" / "the answer is": a $...$ group (with the groups a connector joins to
+    it: "$3$ and $4$"), else the rest of the sentence."""
     last = None
     for last in _PHRASE_RE.finditer(text):
         pass
     if last is None:
         return None
     rest = text[last.end() :].split("\n", 1)[0].strip().strip("*").strip()
-    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if rest.startswith(open_):
-            end = rest.find(close, len(open_))
-            return rest[len(open_) : end].strip() if end > 0 else None
+    if rest.startswith(("$", "\\(", "\\[")):
+        spans = _math_spans(rest)
+        if not spans or spans[0][0] != 0:
+            return None  # an unclosed formula
+        j = 0
+        while j + 1 < len(spans) and _joins(rest[spans[j][1] : spans[j + 1][0]], words=0):
+            j += 1
+        return ", ".join(c for _, _, c in spans[: j + 1])
     rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0]
     return rest.strip() or None
 

@@ -619,6 +619,9 @@ RESPONSES = [
     ("Since $x$ cannot be $0$, $x = 5$.", "5", True),
     ("Multiplying gives 5! = 120. I hope it is correct.", "24", False),
     ("The correct option is (A).", "A", True),
+    ("The answer is $3$ and $4$.", "4, 3", True),  # formulas joined after the phrase
+    ("The answer is $3$ and $4$.", "4", False),
+    ("The answer is $3$. Then $4$ is the next term.", "3", True),
     ("The correct option is (A).", "B", False),
     # a denied value is no answer
     ("The answer is not $7$; recomputing gives $8$.", "8", True),

@@ -1409,9 +1409,7 @@ def _settle(node: tuple) -> tuple:
     cut = ops.index("~")
     if cut == 0 and len(exprs) == 2 and _label_like(exprs[0]):
         return ("rel", ("=",), exprs)
-    if cut == 0:
-        return exprs[0]
-    return _settle(("rel", ops[:cut], exprs[: cut + 1])) if cut > 1 else ("rel", ops[:1], exprs[:2])
+    return exprs[0] if cut == 0 else ("rel", ops[:cut], exprs[: cut + 1])
 
 
 def _merge_sets(node: tuple) -> tuple:
@@ -1445,13 +1443,18 @@ def _constant(node: tuple):
         return None
 
 
+def _is_node(f) -> bool:
+    """Whether a field of a tree node is itself a node (fields are also strings, numbers and tuples of nodes)."""
+    return isinstance(f, tuple) and bool(f) and isinstance(f[0], str)
+
+
 def _subst(node: tuple, name: str, value: tuple) -> tuple:
     """The tree with the symbol `name` replaced by the tree `value`."""
     if node == ("sym", name):
         return value
 
     def field(f):
-        if isinstance(f, tuple) and f and isinstance(f[0], str):
+        if _is_node(f):
             return _subst(f, name, value)
         return tuple(field(g) for g in f) if isinstance(f, tuple) else f
 
@@ -1460,13 +1463,13 @@ def _subst(node: tuple, name: str, value: tuple) -> tuple:
 
 def _affine(t: tuple, name: str) -> tuple | None:
     """(a, b, sign of a) with t = a*name + b, when t is affine in name (checked at two more points); else None."""
-    at = [_subst(t, name, ("num", Fraction(v), False)) for v in (0, 1, Fraction(5, 2), Fraction(-3, 7))]
+    xs = (Fraction(0), Fraction(1), Fraction(5, 2), Fraction(-3, 7))
+    at = [_subst(t, name, ("num", x, False)) for x in xs]
     vals = [_constant(x) for x in at]
     if any(v is None for v in vals):
         return None
     a, b = vals[1] - vals[0], vals[0]
-    if a == 0 or any(not _close(v, b + a * (_MP.mpf(x.numerator) / x.denominator), 1e-20)
-                     for v, x in zip(vals[2:], (Fraction(5, 2), Fraction(-3, 7)))):
+    if a == 0 or not all(_close(v, b + a * x.numerator / x.denominator, 1e-20) for v, x in zip(vals[2:], xs[2:])):
         return None
     return ("add", (at[1], ("neg", at[0]))), at[0], 1 if a > 0 else -1
 
@@ -1590,11 +1593,15 @@ def _replace_pm(node: tuple) -> list | None:
     if node[0] == "pm":
         return [node[1], ("neg", node[1])]
     for i, f in enumerate(node[1:], 1):
-        kids = [f] if isinstance(f, tuple) and f and isinstance(f[0], str) else f if isinstance(f, tuple) else ()
-        for j, c in enumerate(kids):
-            sub = _replace_pm(c) if isinstance(c, tuple) and c and isinstance(c[0], str) else None
+        if _is_node(f):  # a child: \frac{1 \pm \sqrt5}{2}
+            sub = _replace_pm(f)
             if sub:
-                return [node[:i] + ((v if kids is not f else f[:j] + (v,) + f[j + 1 :]),) + node[i + 1 :] for v in sub]
+                return [node[:i] + (v,) + node[i + 1 :] for v in sub]
+        elif isinstance(f, tuple):  # a tuple of children: the terms of a sum, the factors of a product
+            for j, c in enumerate(f):
+                sub = _replace_pm(c) if _is_node(c) else None
+                if sub:
+                    return [node[:i] + (f[:j] + (v,) + f[j + 1 :],) + node[i + 1 :] for v in sub]
     return None
 
 

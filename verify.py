@@ -129,7 +129,9 @@ _CHAT_MARKER_RE = re.compile(  # the end of the model's turn: ChatML, Llama 3, D
 )
 _MATH_RE = re.compile(
     r"\\begin\{(?:align|equation|gather)\*?\}(.{1,2000}?)\\end\{(?:align|equation|gather)\*?\}|"
-    r"\$\$(.{1,2000}?)\$\$|\\\[(.{1,2000}?)\\\]|\\\((.{1,2000}?)\\\)|(?<![\\$])\$(?!\$)([^$]{1,2000}?)(?<!\\)\$", re.S
+    r"\$\$(.{1,2000}?)\$\$|\\\[(.{1,2000}?)\\\]|\\\((.{1,2000}?)\\\)|"
+    r"(?<![\\$])\$(?!\$)((?:[^$]|(?<=\\)\$){1,2000}?)(?<!\\)\$",  # $...$ may hold an escaped \$
+    re.S,
 )
 _SUCCESSION_RE = re.compile(  # words that make the later answer replace the earlier one
     r"(?i)\b(?:then|so|thus|hence|therefore|finally|but|wait|actually|instead|gives?|gets?|becomes?|is|are|was|equals|"
@@ -258,18 +260,15 @@ def _negated(before: str) -> bool:
 def _closing_value(text: str) -> tuple[str | None, str]:
     """The answer of a response without a box, phrase or tag: the last math span (with the spans _joins links to it),
     unless a number stated after it follows ("... the largest $n$ is 34.", not "$5$ (see step 3)"); with no span, the
-    last number. A span that only names a variable ($n$) or is denied ("$f(3) = 2$, not $4$") is not an answer, nor a
-    last span or number after "approximately" that restates the value before it; a denied number ("isn't 42") leaves no
-    answer. Returns (answer or None, the rule's name)."""
+    last number; with neither, the last name ("we get $C$."). A span that only names a variable ($n$) or is denied
+    ("$f(3) = 2$, not $4$") is not an answer, nor a last span or number after "approximately" that restates the value
+    before it; a denied number ("isn't 42") leaves no answer. Returns (answer or None, the rule's name)."""
     cut = max(0, len(text) - CLOSING_CHARS)  # the answer closes the response; a bounded tail keeps the scan linear
     if len(re.findall(r"(?<!\\)\$", text[:cut])) % 2:  # ... starting outside a $...$ span
         cut = text.find("$", cut) + 1
     text = text[cut:]
-    spans = [
-        sp
-        for sp in _math_spans(text)
-        if sp[2] and not _NAME_RE.fullmatch(sp[2]) and not _negated(text[max(0, sp[0] - 40) : sp[0]])
-    ]
+    stated = [sp for sp in _math_spans(text) if sp[2] and not _negated(text[max(0, sp[0] - 40) : sp[0]])]
+    spans = [sp for sp in stated if not _NAME_RE.fullmatch(sp[2])]
     if len(spans) > 1 and _RESTATED_RE.search(text[max(0, spans[-1][0] - 20) : spans[-1][0]]):
         spans.pop()  # "$\\frac{1}{6}$, or about $16.7\\%$"
     group = _joined(spans, text, words=0)
@@ -282,6 +281,8 @@ def _closing_value(text: str) -> tuple[str | None, str]:
         start, answer, rule = number.start(), number.group(0), "last number" if not spans else "number after the math"
     elif group is not None:
         (start, answer), rule = group, "last math span"
+    elif stated:  # only names and no number: a name is the answer ("Therefore we get $A$.")
+        start, answer, rule = stated[-1][0], stated[-1][2], "last math span (a name)"
     else:
         return None, "no answer found"
     return (None, f"{rule}, denied") if _negated(text[:start]) else (answer, rule)

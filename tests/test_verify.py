@@ -600,6 +600,10 @@ RESPONSES = [
     ("Solving, $x_1 = 2$ and $x_2 = 7$.", "-7, 2", False),
     ("So there are 12 ways to choose $k$.", "12", True),
     ("So the minimum is 7, achieved when $a = b$.", "7", True),  # a relation of names is no value
+    ("Therefore the answer choice is $C$.", "C", True),  # only a name and no number: the name
+    ("Therefore the answer choice is $C$.", "D", False),
+    ("So she pays $\\$1,\\!657$ in total.", "1657", True),  # an escaped dollar inside $...$
+    ("So she pays $\\$1,\\!657$ in total.", "1656", False),
     ("So the minimum is 7, achieved when $a = b$.", "8", False),
     ("So the sum is $\\frac{5}{2}$ (by step 3).", "\\frac52", True),
     ("So the sum is $\\frac{5}{2}$ (by step 3).", "3", False),

@@ -444,6 +444,10 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = s.replace("\\displaystyle", "").replace("\\limits", "").replace("\\!", "\\! ")
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
+    s = re.sub(r"\{\s*([^{}]+?)\s*\\choose\s*([^{}]+?)\s*\}", r"\\binom{\1}{\2}", s)  # {8 \\choose 2}
+    s = _TRIG_DEGREES_RE.sub(  # \\sin 30^\\circ, \\cos(60^\\circ): degrees inside a trigonometric function are radians
+        lambda m: m.group(1) + "{(" + (m.group(2) or m.group(3)) + "\\pi/180)}", s
+    )
     s = re.sub(r"\\operatorname\s*\{\s*([a-zA-Z]+)\s*\}", r"\\\1 ", s)
     s = re.sub(r"(\d)\{,\}(?=\d{1,2}(?!\d)|\d{4})", r"\1.", s)  # 2{,}5 and 3{,}1416: a decimal comma
     s = re.sub(r"(\d)\s*(?:\{,\}|,\\!)\s*(?=\d{3})", r"\1", s)  # 10,\!080 and 1{,}000: thousands separators
@@ -495,6 +499,11 @@ def _normalize(s: str) -> tuple[str, bool]:
 _QUALIFIER_RE = re.compile(
     r"[,;]?\s*\(?\s*(?:(?:where|for|with|and)\s+)?[a-zA-Z](?:\s*,\s*[a-zA-Z])*\s*\\in\s*\\mathbb\s*\{?[ZNQ]\}?"
     r"(?:\^\{?[+*]\}?|_\{?\+\}?)?\s*\)?\s*$"
+)
+_DEG = r"\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)"
+_TRIG_DEGREES_RE = re.compile(
+    r"(\\(?:sin|cos|tan|cot|sec|csc)(?:\s*\^\s*(?:\{\d\}|\d))?\s*)"  # the function, maybe squared
+    r"(?:\(\s*(\d+(?:\.\d+)?)" + _DEG + r"\s*\)|(\d+(?:\.\d+)?)" + _DEG + ")"  # (30^\\circ) or 30^\\circ
 )
 _THOUSANDS = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"  # 1,000 and 12,345.5 (never 0,111 nor 1000,99)
 
@@ -1396,6 +1405,8 @@ def _rhs(node: tuple) -> tuple | None:
     ops, exprs = node[1], node[2]
     if _label_like(exprs[0], exprs[1]):
         return exprs[-1] if ops == ("in",) or all(o == "=" for o in ops) else None
+    if len(exprs) > 2 and all(o == "=" for o in ops) and _names_only(exprs[-1]):  # "36 - 19 = 17 = x": 17
+        return _rhs(("rel", ops[:-1], exprs[:-1])) or exprs[-2]
     if all(o == "=" for o in ops) and _equal(exprs[-2], exprs[-1])[0]:
         return exprs[-1]  # a computation ending in its result: the last two sides agree
     return None
@@ -1411,6 +1422,17 @@ def _settle(node: tuple) -> tuple:
     if cut == 0 and len(exprs) == 2 and _label_like(exprs[0]):
         return ("rel", ("=",), exprs)
     return exprs[0] if cut == 0 else ("rel", ops[:cut], exprs[: cut + 1])
+
+
+def _rounds(exact: tuple, approx: tuple) -> bool:
+    """Whether the number `approx` is `exact` correctly rounded to the digits written: 0.577 for \\frac{\\sqrt3}{3} and
+    32348 for 24000 \\cdot 1.01^{30}, but not 0.577 for \\frac{\\sqrt2}{3}."""
+    bare = approx[1] if approx[0] == "neg" else approx
+    a, e = _constant(approx), _constant(exact)
+    if bare[0] != "num" or a is None or e is None:
+        return False
+    ulp = bare[2] or Fraction(1)
+    return abs(a - e) <= _MP.mpf(ulp.numerator) / ulp.denominator / 2
 
 
 def _merge_sets(node: tuple) -> tuple:
@@ -1662,7 +1684,14 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
     """Structural comparison; scalars go to _scalar_equal."""
     if p == g:
         return True, "identical expressions"
-    p, g = _pm_list(_regroup(_settle(_merge_sets(p)))), _pm_list(_regroup(_settle(_merge_sets(g))))
+    for side in (p, g):  # "24000 \\cdot 1.01^{30} \\approx 32348": the exact value, or its true rounding
+        if side[0] == "rel" and "~" in side[1]:
+            ok, why = _equal(_settle(p), _settle(g))
+            exact, approx = side[2][side[1].index("~")], side[2][side[1].index("~") + 1]
+            if ok or not _rounds(exact, approx):
+                return ok, why
+            return _equal(approx, g) if side is p else _equal(p, approx)
+    p, g = _pm_list(_regroup(_merge_sets(p))), _pm_list(_regroup(_merge_sets(g)))
     kp, kg = p[0], g[0]
     if kp == "rel" or kg == "rel":
         if kp == "rel" and kg == "rel":

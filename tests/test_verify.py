@@ -225,6 +225,11 @@ EQUAL = [
     ("\\frac{\\sqrt{3}}{3} \\approx 0.577", "\\frac{\\sqrt3}{3}"),
     ("x = \\sqrt2 \\approx 1.414", "\\sqrt 2"),
     ("x \\approx 3.5", "x = 3.5"),
+    ("24000 \\cdot 1.01^{30} \\approx 32348", "32348"),  # a correct rounding matches a rounded gold
+    ("\\sin 30^\\circ", "\\frac12"),  # degrees inside a trigonometric function
+    ("\\frac{\\sin 20^\\circ - \\sin 40^\\circ}{\\sin 10^\\circ}", "-\\sqrt3"),
+    ("{8 \\choose 2}", "28"),
+    ("36 - 7 - 2 - 10 = 17 = x", "17"),  # a chain that ends by naming its value
     # relations in one variable as sets: affine sides solved, |x| unfolded, a named quantity's range
     ("1 \\le |z| \\le \\frac32", "[-\\frac32, -1] \\cup [1, \\frac32]"),
     ("0 < f(x) < 1", "(0, 1)"),
@@ -401,7 +406,12 @@ NOT_EQUAL = [
     # an approximation is not the exact value, and the exact value is not its approximation
     ("\\frac{\\sqrt{2}}{3} \\approx 0.471", "\\frac{\\sqrt3}{3}"),
     ("0.577", "\\frac{\\sqrt3}{3}"),
-    ("\\frac{\\sqrt{3}}{3} \\approx 0.577", "0.577"),
+    ("\\frac{\\sqrt{3}}{3} \\approx 0.577", "0.578"),
+    ("\\frac{\\sqrt{2}}{3} \\approx 0.577", "0.577"),  # the approximation of a wrong value
+    ("24000 \\cdot 1.01^{30} \\approx 32349", "32349"),  # a wrong rounding
+    ("\\sin 30^\\circ", "\\frac{\\sqrt3}{2}"),
+    ("{8 \\choose 3}", "28"),
+    ("36 - 7 - 2 - 10 = 17 = x", "16"),
     # relations as sets: twins
     ("1 \\le |z| \\le 2", "[-\\frac32, -1] \\cup [1, \\frac32]"),
     ("0 < f(x) \\le 1", "(0, 1)"),

@@ -1406,7 +1406,7 @@ def _rhs(node: tuple) -> tuple | None:
     if _label_like(exprs[0], exprs[1]):
         return exprs[-1] if ops == ("in",) or all(o == "=" for o in ops) else None
     if len(exprs) > 2 and all(o == "=" for o in ops) and _names_only(exprs[-1]):  # "36 - 19 = 17 = x": 17
-        return _rhs(("rel", ops[:-1], exprs[:-1])) or exprs[-2]
+        return _rhs(("rel", ops[:-1], exprs[:-1]))  # ... when what precedes the name states it
     if all(o == "=" for o in ops) and _equal(exprs[-2], exprs[-1])[0]:
         return exprs[-1]  # a computation ending in its result: the last two sides agree
     return None

@@ -412,6 +412,7 @@ NOT_EQUAL = [
     ("\\sin 30^\\circ", "\\frac{\\sqrt3}{2}"),
     ("{8 \\choose 3}", "28"),
     ("36 - 7 - 2 - 10 = 17 = x", "16"),
+    ("1 + 1 = 3 = x", "3"),  # a false computation before the name states nothing
     # relations as sets: twins
     ("1 \\le |z| \\le 2", "[-\\frac32, -1] \\cup [1, \\frac32]"),
     ("0 < f(x) \\le 1", "(0, 1)"),

@@ -12,31 +12,46 @@ Public API (used by train.py, eval.py and the tests):
     reward(response, gold, template_name, use_format=True, timeout=5.0) -> {"accuracy", "format", "reward"}
     grade_batch(...) / reward_batch(...)                                             (the same, over worker processes)
 
+Extraction (extract_answer): the last \\boxed{}, joined with the boxes just before it when only a connector separates
+them ("\\boxed{1}, \\boxed{2}" is the answer "1, 2"); with no box, <answer> tags, "the answer is ...", then the closing
+value: the last math span ($...$, \\(...\\), \\[...\\], $$...$$; several joined by "and"/","), or a number stated after
+it ("the largest $n$ is 34."); a denied value ("it isn't 42") is no answer, and text after a chat-template marker
+(<|im_start|>) is not part of the response. boxed_only (the papers' protocol) takes the last box alone.
+
 How is_equivalent decides, cheapest step first. A step may only say "equal" when it is sure; when unsure the answer is
 False, because a false positive is the error RL learns to exploit.
  1. Normalise both strings: $ and \\( \\) delimiters, \\left/\\right, \\dfrac/\\tfrac, spacing commands
     (\\, \\! \\; \\quad ~), \\text{}/\\textbf{}/\\mbox{} wrappers, units (cm, inches, \\mbox{ cm}^2, \\mathrm{~m/s}),
-    ^\\circ/degrees, percent, thousands separators ("1,000" and "10,\\!080", but "1,2" stays a list), trailing
-    periods, "or"/"and" separators.
+    ^\\circ/degrees, percent, thousands separators ("1,000" and "10,\\!080", but "1,2" and "1, 234" stay lists; a
+    predicted "2,74" or "0,111" may also be a decimal comma), trailing periods and stray backslashes, "or"/"and"
+    separators, √12, set-builder {x | x > 2}, an index qualifier ", k \\in \\mathbb{Z}".
  2. Identical normalised strings are equal. Multiple-choice letters ("\\text{(C)}" vs "C") and word answers
-    ("\\text{Evelyn}") are compared as letters / lower-cased words and never reach the maths.
+    ("\\text{Evelyn}") are compared as letters / lower-cased words and never reach the maths ("C. x = 42" is C; a
+    predicted "(D) 6" against a gold 6 is its value).
  3. Parse LaTeX (or plain text like "sqrt(2)/2") with the small recursive-descent parser below into a tree of tuples.
     No sympy or antlr parsing: it is slow, and its silent mis-parses are a source of false positives.
  4. Compare trees: tuples/points ordered, sets and comma lists unordered, intervals with their bracket types, unions of
-    intervals unordered, matrices element-wise, "x=5" vs "5" (a variable on the left is dropped), equations up to a
-    constant factor, inequalities (flipped to one direction, or turned into intervals), "a \\pm b" as two values.
+    intervals and of finite sets unordered, matrices (any environment, cases/array systems too) element-wise, labels
+    ("x=5", "|AB| = 1", "V_1:V_2 = 11:21", "\\frac{NO}{BO} = ...": a left side of names only is dropped; a chain
+    "S = 3 + 4 = 7" ends in its result), "p = 5, q = 2; p = 7, q = 2" as tuples, a ratio 11:21 as 11/21, equations up
+    to a constant factor, relations in one variable as sets of reals (affine sides solved, -x > -1 is x < 1; |x|
+    unfolded; 0 < f(x) < 1 is the range (0, 1); x \\neq 2), "\\approx 0.577" after an exact value dropped, "a \\pm b"
+    as two values wherever the \\pm stands.
  5. Scalars: exact rational arithmetic (every literal, decimals included, is an exact fraction); else mpmath at 34
     digits, an "equal" re-checked at 400 bits; expressions with variables are evaluated at random positive points
     (plus integer points for floor/ceil/abs/factorials, negative points for abs/floor/ceil); sympy's
-    simplify(a - b) == 0 decides only when that evaluation is inconclusive.
+    simplify(a - b) == 0 decides only when that evaluation is inconclusive. A side with % is also read as value/100,
+    a side in degrees also in radians (90^\\circ matches 90 and \\frac{\\pi}{2}). A fractional power of a negative
+    number with an odd denominator is the real root, like \\sqrt[3]{}: (x^2-2)^{2/3} = \\sqrt[3]{x^2-2}^2.
 Reading conventions: juxtaposition binds tighter than "/" (t/RC = t/(RC), 1/2x = 1/(2x)); "2\\frac{1}{2}" is the mixed
 number 5/2; "I(0)" is a value of I, not I times 0; "\\log" is the natural logarithm; i is the imaginary unit.
 
 Tolerance policy: integers and exact expressions must be exactly equal (checked to 1e-25 relative at 34 digits and
 again at 400 bits, i.e. as an identity). Only when a side is written as a decimal (0.3333333, 3.14159, 4.5e33) and
 neither side is an exact integer may they differ, by at most 1e-6 relative and, for a bare decimal, by at most half a
-unit in its last written digit: 0.3333333 == 1/3 and 1.4142136 == sqrt(2), but 3.14 != pi, 0.333 != 1/3,
-306956.77 != 306956.63, 3986730 != 3986729 and 8178.0001 != 8178.
+unit in its last written digit: 0.3333333 == 1/3 and a gold 1.4142136 == sqrt(2), but 3.14 != pi, 0.333 != 1/3,
+306956.77 != 306956.63, 3986730 != 3986729 and 8178.0001 != 8178. A predicted decimal never equals an exact
+irrational gold (1.4142136 for sqrt(2), 3.14159265 for pi): the exact value was asked for.
 
 Time limit: each public call runs under a hard limit (SIGALRM in the main thread, an asynchronous exception injected by
 a timer thread elsewhere); on expiry it returns False. Exponents, factorials and number sizes are bounded before any
@@ -67,6 +82,7 @@ import mpmath
 
 DEFAULT_TIMEOUT = 5.0  # seconds per call (the paper's reward also gives up after 5 s and scores 0)
 MAX_ANSWER_CHARS = 1500  # longer answers are only compared as normalised strings (gold answers in the data: <= 204)
+CLOSING_CHARS = 4000  # joined boxes and an unboxed answer are looked for in the response's last 4000 characters
 MAX_TOKENS = 600  # a parsed answer has at most this many tokens
 MAX_DEPTH = 40  # nesting depth of brackets/braces the parser accepts
 MAX_BITS = 100_000  # largest exact integer (numerator/denominator) built during evaluation, ~30,000 digits
@@ -75,6 +91,7 @@ MAX_MAG = 1_000_000  # |value| < 2**MAX_MAG for floating evaluation (mpmath's ex
 REL_TOL_DECIMAL = 1e-6  # relative tolerance when a side is written as a decimal and neither side is an integer
 REL_TOL_EXACT = 1e-25  # "identical" at 113-bit precision: the noise of evaluating exact expressions
 N_POINTS = 4  # random points for expressions with variables
+MAX_PM_VALUES = 8  # an answer with \pm stands for at most this many values
 WORKER_STARTUP = 60.0  # seconds a batch worker process may take to import before it is replaced
 WORKER_GRACE = 2.0  # seconds past the time limit before the parent kills a worker stuck in uninterruptible work
 
@@ -103,9 +120,31 @@ class _ParseError(Exception):
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
 _PHRASE_RE = re.compile(
-    r"(?im)(?:\b(?:final answer|the answer)(?:\s+is\b\s*:?|\s*:)|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
+    r"(?im)(?:\b(?:final answer|the answer|the correct (?:answer|option|choice))(?:\s+is\b\s*:?|\s*:)"
+    r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
 )
-_LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+_LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+|(?::\d+)+)?")  # 3/4, 2:5
+_CHAT_MARKER_RE = re.compile(  # the end of the model's turn: ChatML, Llama 3, DeepSeek's <｜end▁of▁sentence｜>
+    r"<[|\uff5c][^<>|\uff5c\n]{1,40}[|\uff5c]>|</s>|\n\s*(?:Human|User):"
+)
+_MATH_RE = re.compile(
+    r"\\begin\{(?:align|equation|gather)\*?\}(.{1,2000}?)\\end\{(?:align|equation|gather)\*?\}|"
+    r"\$\$(.{1,2000}?)\$\$|\\\[(.{1,2000}?)\\\]|\\\((.{1,2000}?)\\\)|"
+    r"(?<![\\$])\$(?!\$)((?:[^$]|(?<=\\)\$){1,2000}?)(?<!\\)\$",  # $...$ may hold an escaped \$
+    re.S,
+)
+_SUCCESSION_RE = re.compile(  # words that make the later answer replace the earlier one
+    r"(?i)\b(?:then|so|thus|hence|therefore|finally|but|wait|actually|instead|gives?|gets?|becomes?|is|are|was|equals|"
+    r"means|which|not|check|recheck|correct(?:ed|ion)?|mistake|wrong|or rather|again)\b"
+)
+_NAME = r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{?\w+\}?)?"
+_NAME_RE = re.compile(_NAME + r"(?:\s*(?:[=<>]|\\[lg]eq?)\s*" + _NAME + ")*")  # $n$, $a = b$: names, not values
+_STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total(?: of)?)|[=:])\s*$")  # "... is 34"
+_RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "..., about 0.42"
+_NEGATION_RE = re.compile(
+    r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$",
+    re.I,
+)
 
 
 def _braced(text: str, start: int) -> tuple[str, int] | None:
@@ -143,50 +182,159 @@ def _last_boxed(text: str) -> str | None:
     return m.group(0) if m and last.group(0) != last.group(0).rstrip() else None
 
 
+def _box_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every closed \\boxed{...} / \\fbox{...}, outermost only, in order."""
+    out = []
+    for m in _BOX_RE.finditer(text):
+        if out and m.start() < out[-1][1]:  # a box inside a box
+            continue
+        group = _braced(text, m.end())
+        if group is not None:
+            out.append((m.start(), group[1], group[0].strip()))
+    return out
+
+
+def _joins(gap: str, words: int) -> bool:
+    """Whether the text between two answers only joins them into one answer: ", ", " and ", "\\quad or \\quad",
+    "\\text{ and }", ", x_2 = ", and (between boxes, words=4) a few words: "$ papers and $". A sentence end, a blank
+    line, a number or an arithmetic sign in between means the earlier one is a step of the work, not part of the
+    answer ("\\boxed{2} + 3 = \\boxed{5}")."""
+    if len(gap) > 80 or "\n\n" in gap or re.search(r"[.!?](?:\s|\$|$)", gap):
+        return False
+    bare = re.sub(r"_\{?\w+\}?|\\[a-zA-Z]+|[${}\s,;:=()]", " ", gap)  # subscripts, commands, punctuation
+    free = [w for w in bare.split() if w.lower() not in ("and", "or") and len(w) > 1]
+    return not re.search(r"[\d+\-*/^<>|]", bare) and len(free) <= words and not _SUCCESSION_RE.search(bare)
+
+
+def _joined(spans: list[tuple[int, int, str]], text: str, words: int) -> tuple[int, str] | None:
+    """(start, answer) of the last answer span together with the spans just before it that _joins links to it:
+    several answers written one after the other are one answer, "a, b" (duplicates dropped); None if no span."""
+    if not spans:
+        return None
+    j = len(spans) - 1
+    while j > 0 and _joins(text[spans[j - 1][1] : spans[j][0]], words):
+        j -= 1
+    parts = list(dict.fromkeys(c for _, _, c in spans[j:] if c))
+    return spans[j][0], ", ".join(parts)
+
+
 def _answer_phrase(text: str) -> str | None:
-    """What follows the last "final answer is" / "the answer is": a $...$ group, else the rest of the sentence."""
+    """What follows the last "final answer is" / "the answer is": a $...$ group (with the groups a connector joins to
+    it: "$3$ and $4$"), else the rest of the sentence."""
     last = None
     for last in _PHRASE_RE.finditer(text):
         pass
     if last is None:
         return None
     rest = text[last.end() :].split("\n", 1)[0].strip().strip("*").strip()
-    for open_, close in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if rest.startswith(open_):
-            end = rest.find(close, len(open_))
-            return rest[len(open_) : end].strip() if end > 0 else None
+    if rest.startswith(("$", "\\(", "\\[")):
+        spans = _math_spans(rest)
+        if not spans or spans[0][0] != 0:
+            return None  # an unclosed formula
+        j = 0
+        while j + 1 < len(spans) and _joins(rest[spans[j][1] : spans[j + 1][0]], words=0):
+            j += 1
+        return ", ".join(c for _, _, c in spans[: j + 1])
     rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0]
     return rest.strip() or None
+
+
+def _math_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every $...$, $$...$$, \\(...\\), \\[...\\] and align/equation/gather environment in
+    the text, in order; of a multi-line display its last row, without the alignment: "&= p - q." -> "p - q."."""
+    out = []
+    for m in _MATH_RE.finditer(text):
+        content = next(g for g in m.groups() if g is not None)
+        if m.group(0).startswith("\\begin") or re.search(r"&\s*=", content):  # an aligned display
+            rows = [r for r in re.split(r"\\\\", content) if r.strip()]
+            content = re.sub(r"^\s*&?\s*=|&", " ", rows[-1]) if rows else ""
+        out.append((m.start(), m.end(), content.strip()))
+    return out
+
+
+def _negated(before: str) -> bool:
+    """Whether the words just before a value deny it: "it isn't 42", "x is not $5$", "cannot be 3", "\\neq 2"."""
+    return bool(_NEGATION_RE.search(before[-40:]))
+
+
+def _closing_value(text: str) -> tuple[str | None, str]:
+    """The answer of a response without a box, phrase or tag: the last math span (with the spans _joins links to it),
+    unless a number stated after it follows ("... the largest $n$ is 34.", not "$5$ (see step 3)"); with no span, the
+    last number; with neither, the last name ("we get $C$."). A span that only names a variable ($n$) or is denied
+    ("$f(3) = 2$, not $4$") is not an answer, nor a last span or number after "approximately" that restates the value
+    before it; a denied number ("isn't 42") leaves no answer. Returns (answer or None, the rule's name)."""
+    cut = max(0, len(text) - CLOSING_CHARS)  # the answer closes the response; a bounded tail keeps the scan linear
+    if len(re.findall(r"(?<!\\)\$", text[:cut])) % 2:  # ... starting outside a $...$ span
+        cut = text.find("$", cut) + 1
+    text = text[cut:]
+    stated = [sp for sp in _math_spans(text) if sp[2] and not _negated(text[max(0, sp[0] - 40) : sp[0]])]
+    spans = [sp for sp in stated if not _NAME_RE.fullmatch(sp[2])]
+    if len(spans) > 1 and _RESTATED_RE.search(text[max(0, spans[-1][0] - 20) : spans[-1][0]]):
+        spans.pop()  # "$\\frac{1}{6}$, or about $16.7\\%$"
+    group = _joined(spans, text, words=0)
+    tail_from = spans[-1][1] if spans else 0
+    number = None
+    for number in _LAST_NUMBER_RE.finditer(text, tail_from):
+        pass
+    before = text[max(0, number.start() - 20) : number.start()] if number is not None else ""
+    if number is not None and not _RESTATED_RE.search(before) and (not spans or _STATES_RE.search(before)):
+        start, answer, rule = number.start(), number.group(0), "last number" if not spans else "number after the math"
+    elif group is not None:
+        (start, answer), rule = group, "last math span"
+    elif stated:  # only names and no number: a name is the answer ("Therefore we get $A$.")
+        start, answer, rule = stated[-1][0], stated[-1][2], "last math span (a name)"
+    else:
+        return None, "no answer found"
+    return (None, f"{rule}, denied") if _negated(text[:start]) else (answer, rule)
 
 
 def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) -> str | None:
     """The final answer of a model response, or None.
 
-    Cut at the first </answer>; then the last \\boxed{}/\\fbox{} (nested braces); with boxed_only nothing else counts.
-    Otherwise: the content of <answer>...</answer>, then "The final answer is: ..." / "the answer is ...", and, unless
-    strict, the last number in the text. The string is returned as written; is_equivalent does the normalisation
+    Cut at the first </answer>; with boxed_only the last \\boxed{}/\\fbox{} (nested braces) or nothing. Otherwise also
+    cut at the first chat-template marker (<|im_start|>, <|im_end|>, ...: what follows is not this response), then:
+    the last box together with the boxes just before it that only a connector separates from it ("\\boxed{1},
+    \\boxed{2}" -> "1, 2", see _joins; one box gives its content as before); the content of <answer>...</answer>; what
+    follows "The final answer is: ..." / "the answer is ..."; and, unless strict, the closing value (_closing_value:
+    the last math span, or a number after it). The string is returned as written; is_equivalent does the normalisation
     (see _normalize).
     """
+    return _extract(text, strict, boxed_only)[0]
+
+
+def _extract(text: str, strict: bool, boxed_only: bool) -> tuple[str | None, str]:
+    """(extract_answer's answer, the name of the rule that found it)."""
     if not isinstance(text, str) or not text:
-        return None
+        return None, "no response"
     cut = text.find("</answer>")
     if cut >= 0:
         text = text[:cut]
+    if boxed_only:
+        return _last_boxed(text), "last box"
+    marker = _CHAT_MARKER_RE.search(text)
+    if marker:
+        text = text[: marker.start()]
     boxed = _last_boxed(text)
-    if boxed is not None or boxed_only:
-        return boxed
+    if boxed is not None:
+        several = text.count("\\boxed") + text.count("\\fbox") > 1  # one box: nothing to join (and no time spent)
+        tail = text[-CLOSING_CHARS:]  # joined boxes end the response: a bounded tail keeps 20,000 boxes cheap
+        spans = _box_spans(tail) if several else []
+        group = _joined(spans, tail, words=4) if spans and spans[-1][2] == boxed else None
+        return (group[1], "boxes joined") if group is not None and group[1] != boxed else (boxed, "last box")
     opened = text.rfind("<answer>")
     if opened >= 0:
         inner = text[opened + len("<answer>") :].strip()
         if inner:
             inner = _answer_phrase(inner) or inner
             if strict or not _has_words(inner):
-                return inner
-            return _last_number(inner) or inner  # "<answer>So the total is 42</answer>"
+                return inner, "<answer> tag"
+            return _last_number(inner) or inner, "<answer> tag"  # "<answer>So the total is 42</answer>"
     phrase = _answer_phrase(text)
+    if phrase is not None and re.match(r"(?i)(?:not|never)\b", phrase):  # "the answer is not $7$; ... it is $8$"
+        return (None, "denied answer phrase") if strict else _closing_value(text)
     if phrase is not None or strict:
-        return phrase
-    return _last_number(text)
+        return phrase, "answer phrase"
+    return _closing_value(text)
 
 
 def _last_number(text: str) -> str | None:
@@ -205,9 +353,11 @@ _UNICODE = {
     "\u221a": r"\sqrt ", "\u00b0": r"^\circ ", "\u222a": r"\cup ", "\u2208": r"\in ", "\u00b1": r"\pm ",
     "\u00a0": " ", "\u2032": "'", "\u2205": r"\emptyset ", "\u2248": r"\approx ", "\u00b2": "^2", "\u00b3": "^3",
     "\u2074": "^4", "\u00bd": r"\frac{1}{2}", "\u2192": r"\to ", "\u2229": r"\cap ",
+    "\u2a7d": r"\le ", "\u2a7e": r"\ge ", "\u2213": r"\mp ", "\u00bc": r"\frac{1}{4}", "\u00be": r"\frac{3}{4}",
+    "\uff08": "(", "\uff09": ")", "\uff0c": ",", "\u3001": ",", "\uff1a": ":", "\uff1b": ";",  # full-width forms
 }  # fmt: skip
 _TEXT_CMDS = (
-    r"text|textrm|textbf|textit|textnormal|textsf|texttt|mbox|hbox|emph|"
+    r"text|textrm|textbf|textit|textnormal|textsf|texttt|mbox|hbox|emph|num|"
     r"mathrm|mathbf|mathit|mathsf|mathnormal|boldsymbol|bm"
 )
 _UNITS = (
@@ -234,10 +384,13 @@ _SPACES_RE = re.compile(
 _SIZING_RE = re.compile(
     r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|bigg|Bigg|big|Big)(?![a-zA-Z])\s*"
 )
-_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|\^\s*\{\s*(?:\\prime\s*)+\}|\^\s*\\prime")
+_DEGREE_RE = re.compile(  # degrees (Celsius and Fahrenheit too: 25^\\circ C) and primes
+    r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree)(?:\s*(?:\\mathrm\{|\\text\{)?\s*[CF]\}?(?![a-zA-Z]))?"
+    r"|\^\s*\{\s*(?:\\prime\s*)+\}|\^\s*\\prime"
+)
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
-_MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])")
+_MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*|:(?![A-Z]).*)?")  # "(C) 12", "C", "C. x = 42", "B)", "D: 36"
 _TIME_RE = re.compile(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([aApP])\.?\s*[mM]\.?")
 _NUMBER_WORDS_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s+[a-zA-Z]{3,}(?:\s+[a-zA-Z]+)*")
 
@@ -272,8 +425,8 @@ def _strip_trailing_unit(s: str) -> str:
 
 
 def _normalize(s: str) -> tuple[str, bool]:
-    """Formatting-free form of an answer string, and whether it carried a percent sign."""
-    s = s.strip()
+    """Formatting-free form of an answer string, and its marks: "%" for a percent sign, "°" for degrees."""
+    s = re.sub("\u221a\\s*(\\d+(?:\\.\\d+)?)", r"\\sqrt{\1}", s.strip())  # √12 is \\sqrt{12}, not \\sqrt{1}2
     for k, v in _UNICODE.items():
         if k in s:
             s = s.replace(k, v)
@@ -291,12 +444,17 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = s.replace("\\displaystyle", "").replace("\\limits", "").replace("\\!", "\\! ")
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
+    s = re.sub(r"\{\s*([^{}]+?)\s*\\choose\s*([^{}]+?)\s*\}", r"\\binom{\1}{\2}", s)  # {8 \\choose 2}
+    s = _TRIG_DEGREES_RE.sub(  # \\sin 30^\\circ, \\cos(60^\\circ): degrees inside a trigonometric function are radians
+        lambda m: m.group(1) + "{(" + (m.group(2) or m.group(3)) + "\\pi/180)}", s
+    )
     s = re.sub(r"\\operatorname\s*\{\s*([a-zA-Z]+)\s*\}", r"\\\1 ", s)
+    s = re.sub(r"(\d)\{,\}(?=\d{1,2}(?!\d)|\d{4})", r"\1.", s)  # 2{,}5 and 3{,}1416: a decimal comma
     s = re.sub(r"(\d)\s*(?:\{,\}|,\\!)\s*(?=\d{3})", r"\1", s)  # 10,\!080 and 1{,}000: thousands separators
     s = _SPACES_RE.sub(lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
     s = re.sub(r"\\langle", "(", s).replace("\\rangle", ")")
+    marks = ("%" if "%" in s else "") + ("\u00b0" if re.search(r"\^\s*\{?\s*\\circ|\\degree", s) else "")
     s = _DEGREE_RE.sub("", s)
-    percent = "%" in s
     s = s.replace("\\%", "").replace("%", "")
     s = re.sub(r"\\(?:" + _TEXT_CMDS + r")\s*\{\s*(?:or|and)\s*\}|\s+(?:or|and)\s+", ",", s)
     s = re.sub(r",\s*(?=,)", "", s)  # "2, 3, and 4" -> "2, 3, 4"
@@ -310,15 +468,24 @@ def _normalize(s: str) -> tuple[str, bool]:
             break
     unitless = _UNIT_TAIL_RE.sub("", s).strip()
     s = unitless or s
+    s = _QUALIFIER_RE.sub("", s).strip() or s  # "k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}": the family
+    if s.startswith("\\{") and not s.endswith("\\}") and re.match(r"\\\{\s*\\begin\{(?:array|cases)\}", s):
+        s = s[2:]  # a system "\\left\\{\\begin{array}...\\end{array}\\right.": its rows
     s = s.replace("\\$", "").replace("**", "^").replace("\\approx", "\\approx ")
+    s = re.sub(r"(?<![\d)}\s])\s*!=", r"\\ne ", s)  # "x != 2", "x!=2"; "5!=120" and "5! = 120" are factorials
     s = re.sub(r"^\s*(?:\\approx|\\sim)\s*", "", s)
     s = _PLAIN_FUNCS_RE.sub(r"\\\1", s)
     s = re.sub(r"\\infty|(?<!\\)\b(?:infinity|inf)\b", r"\\infty ", s)
     s = re.sub(r"\s+", " ", s).strip()
-    s = re.sub(r"(?:\s|[.,;]|\\\s)+$", "", s)  # trailing sentence punctuation
+    s = re.sub(r"(?:\s|[.,;]|\\)+$", "", s)  # trailing sentence punctuation, a stray "\\" or "\\\\"
+    if re.fullmatch(_THOUSANDS, s) or re.fullmatch(r"[1-9]\d{0,2}(?: \d{3})+", s):
+        s = s.replace(",", "").replace(" ", "")  # a whole answer "1,000": thousands, not the list (1, 0) nor "1, 000"
     s = re.sub(r" ?([^\w\s\\]) ?", r"\1", s)  # spaces next to symbols carry no meaning
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) or re.fullmatch(r"\d{1,3}(?: \d{3})+", s):
-        s = s.replace(",", "").replace(" ", "")  # a whole answer "1,000": thousands, not the list (1, 0)
+    if re.fullmatch(r"(?i)(?:the set of )?all real numbers|every real number|\\mathbb\{R\}", s):
+        s = "(-\\infty,\\infty)"  # the reals in words
+    m = re.fullmatch(r"\\\{\s*[a-zA-Z]\s*(?:\\mid|\||:)(.+)\\\}", s)
+    if m:  # set-builder notation: {x | x > 2} is the set its condition describes
+        s = m.group(1)
     m = _TIME_RE.fullmatch(s)
     if m:  # 4:30 p.m. -> "time 16:30" (a word answer: compared as text, never as the ratio 4:30)
         hour = int(m.group(1)) % 12 + (12 if m.group(4).lower() == "p" else 0)
@@ -326,12 +493,35 @@ def _normalize(s: str) -> tuple[str, bool]:
     m = _NUMBER_WORDS_RE.fullmatch(s)
     if m and not re.search(r"\b(?:or|and|to)\b", s):
         s = m.group(1)  # "5 apples", "12 square feet": the number
-    return s, percent
+    return s, marks
+
+
+_QUALIFIER_RE = re.compile(
+    r"[,;]?\s*\(?\s*(?:(?:where|for|with|and)\s+)?[a-zA-Z](?:\s*,\s*[a-zA-Z])*\s*\\in\s*\\mathbb\s*\{?[ZNQ]\}?"
+    r"(?:\^\{?[+*]\}?|_\{?\+\}?)?\s*\)?\s*$"
+)
+_DEG = r"\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)"
+_TRIG_DEGREES_RE = re.compile(
+    r"(\\(?:sin|cos|tan|cot|sec|csc)(?:\s*\^\s*(?:\{\d\}|\d))?\s*)"  # the function, maybe squared
+    r"(?:\(\s*(\d+(?:\.\d+)?)" + _DEG + r"\s*\)|(\d+(?:\.\d+)?)" + _DEG + ")"  # (30^\\circ) or 30^\\circ
+)
+_THOUSANDS = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"  # 1,000 and 12,345.5 (never 0,111 nor 1000,99)
+
+
+def _decimal_comma(s: str) -> tuple | None:
+    """The reading of "2,74", "0,111" or "1000,99" (one comma, no space, not a thousands separator) with a decimal
+    comma; the list reading (2, 74) is kept too: either may match. None for anything else."""
+    s = s.strip().strip("$").strip()
+    if not re.fullmatch(r"-?\d+,\d+", s) or re.fullmatch(_THOUSANDS, s):
+        return None
+    return _number(s.replace(",", ".").lstrip("-")) if s[0] != "-" else ("neg", _number(s[1:].replace(",", ".")))
 
 
 def _has_words(s: str) -> bool:
     """Whether an answer contains a word outside LaTeX commands: a run of 3+ letters with a lower-case vowel
     ("Evelyn", "even", "None") or all capitals ("MAKE", "LQSX"). Runs like "LCs" or "xyz" stay products of symbols."""
+    s = re.sub(r"_\{[^{}]*\}|_\w", "", s)  # subscripts are parts of names: S_{MBCN}, V_{ABC}
+    s = re.sub(r"^[\sa-zA-Z\\{}|:()]*=", "", s)  # a label "\\angle ABC =" names the value, it is not a word answer
     bare = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}|\\[a-zA-Z]+", " ", s)
     return any(re.search(r"[aeiou]", w) or w.isupper() for w in _WORD_RE.findall(bare))
 
@@ -339,6 +529,12 @@ def _has_words(s: str) -> bool:
 def _text_key(s: str) -> str:
     """Words compared case-insensitively, ignoring everything but letters and digits ("\\text{East}" == "east")."""
     return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+def _option(s: str) -> tuple[str, str] | None:
+    """(letter, value) of a choice written with its value, "(B) 4"; None otherwise."""
+    m = re.fullmatch(r"\(([A-E])\)\s*([^*/^=<>)!,:].*)", s.strip())  # not "(A)*(B) = 9", a product
+    return (m.group(1), m.group(2).strip()) if m else None
 
 
 def _mc_letters(s: str, pred: bool) -> frozenset | None:
@@ -372,13 +568,13 @@ _FUNCS = {
 _INVERSE = {"sin": "arcsin", "cos": "arccos", "tan": "arctan", "cot": "arccot", "sec": "arcsec", "csc": "arccsc"}
 _RELOPS = {
     "=": "=", "<": "<", ">": ">", "\\le": "<=", "\\leq": "<=", "\\leqslant": "<=", "\\ge": ">=", "\\geq": ">=",
-    "\\geqslant": ">=", "\\lt": "<", "\\gt": ">", "\\ne": "!=", "\\neq": "!=", "\\approx": "=", "\\in": "in",
+    "\\geqslant": ">=", "\\lt": "<", "\\gt": ">", "\\ne": "!=", "\\neq": "!=", "\\approx": "~", "\\in": "in",
 }  # fmt: skip
 _MUL_OPS = {"*", "\\cdot", "\\times", "\\ast"}
 _DIV_OPS = {"/", "\\div"}
 _SUM_OPS = {"+", "-", "\\pm", "\\mp"}
 _CLOSERS = {")", "]", "}", "\\}", "|", "\\rfloor", "\\rceil", "&", "\\\\", "\\end", ",", ";", "\\cup", "\\rvert"}
-_MATRIX_ENVS = {"pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "matrix", "smallmatrix", "array"}
+_MATRIX_ENVS = {"pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "matrix", "smallmatrix", "array", "cases"}
 
 
 def _tokenize(s: str) -> list[str]:
@@ -954,6 +1150,8 @@ def _num(node: tuple, env: dict, ctx=_MP):
         ex = _exact(node[2])
         if k == "root" and ex is not None and ex.denominator == 1 and ex % 2 == 1 and _real(b) < 0 and b.imag == 0:
             return -ctx.root(-b, int(ex))  # odd root of a negative number: the real root, \sqrt[3]{-8} = -2
+        if k == "pow" and ex is not None and ex.denominator % 2 == 1 and ex.denominator > 1 and b.imag == 0 and b < 0:
+            return (-1) ** (ex.numerator % 2) * ctx.power(-b, e)  # the real root too: (-8)^{2/3} = 4, as \sqrt[3]{-8}^2
         if abs(b) not in (0, 1) and abs(e) * (abs(ctx.mag(b)) + 1) > MAX_MAG:
             raise _TooBig("power too large")
         return _mag_ok(ctx.power(b, e))
@@ -1093,6 +1291,12 @@ def _sympy_equal(p: tuple, g: tuple) -> bool:
         return False
 
 
+def _bare_decimal(node: tuple) -> bool:
+    """A number written as a decimal, like 1.4142136 or -0.577 (not an exact expression using one, like 1/1.3)."""
+    node = node[1] if node[0] == "neg" else node
+    return node[0] == "num" and bool(node[2])
+
+
 def _scalar_equal(p: tuple, g: tuple) -> tuple[bool, str]:
     """Equality of two scalar expressions per the tolerance policy in the module docstring."""
     if p == g:
@@ -1110,6 +1314,8 @@ def _scalar_equal(p: tuple, g: tuple) -> tuple[bool, str]:
             return True, f"decimal within relative {rel:g}"
         return False, f"different numbers ({_short(ep)} vs {_short(eg)})"
     names = _symbols(p) | _symbols(g)
+    if not names and eg is None and _bare_decimal(p) and not _has_decimal(g):  # p is the prediction
+        return False, "a decimal prediction for an exact irrational value"
     if not names:
         a, b = _num(p, {}), _num(g, {})
         if _decimal_close(p, g, a, b) if rel == REL_TOL_DECIMAL else _close(a, b, rel) and _confirmed(p, g, {}):
@@ -1167,17 +1373,205 @@ def _flip(node: tuple) -> tuple:
     return node
 
 
-def _variable_like(node: tuple) -> bool:
-    """x, a_1, f(x), f(x, y), (x, y): a left-hand side that only names the answer."""
-    if node[0] == "sym" or (node[0] == "seq" and all(c[0] == "sym" for c in node[2])):
+_LABEL_KINDS = {"sym", "mul", "frac", "abs", "ratio", "add", "seq", "fn"}
+_INF = ("const", "inf")
+
+
+def _names_only(node: tuple) -> bool:
+    """Symbols joined without numbers (an inverse f^{-1} or A^{-1} included; e and i may be names too)."""
+    if node[0] == "sym" or node in (("const", "e"), ("const", "i")):
         return True
-    return node[0] == "mul" and node[1][0][0] == "sym" and all(c[0] in ("sym", "seq") for c in node[1][1:])
+    if node[0] == "pow":
+        return node[2] == ("neg", ("num", Fraction(1), False)) and _names_only(node[1])
+    return node[0] in _LABEL_KINDS and all(_names_only(c) for c in _children(node))
+
+
+def _label_like(node: tuple, value: tuple | None = None) -> bool:
+    """A left-hand side that only names the answer: x, a_1, f(x), (x, y), |AB|, a+b, xy, \\frac{NO}{BO}, V_1:V_2,
+    \\angle ABC, \\tan\\theta, f^{-1}(x), e (see _names_only); and any name of a matrix
+    ("A^{-1} = \\begin{pmatrix}...")."""
+    if value is not None and value[0] == "matrix":
+        return True
+    return _names_only(node)
 
 
 def _rhs(node: tuple) -> tuple | None:
-    """The value of "x = 5" / "x \\in [1, 2]" when the left side only names it."""
-    if node[0] == "rel" and len(node[1]) == 1 and node[1][0] in ("=", "in") and _variable_like(node[2][0]):
-        return node[2][1]
+    """The value a relation states about a named quantity: "x = 5" -> 5, "x \\in [1, 2]" -> [1, 2], "|AB| = 1" -> 1,
+    "S = 3 + 4 = 7" -> 7 (a chain ends in its result); or the result of a computation whose last two sides agree,
+    "\\binom{6}{2} = 15" -> 15, "f(-2) + f(0) = 2 + 1 = 3" -> 3 ("1 + 1 = 3" states no answer); None for equations
+    like "2x = 10"."""
+    if node[0] != "rel":
+        return None
+    ops, exprs = node[1], node[2]
+    if _label_like(exprs[0], exprs[1]):
+        return exprs[-1] if ops == ("in",) or all(o == "=" for o in ops) else None
+    if len(exprs) > 2 and all(o == "=" for o in ops) and _names_only(exprs[-1]):  # "36 - 19 = 17 = x": 17
+        return _rhs(("rel", ops[:-1], exprs[:-1]))  # ... when what precedes the name states it
+    if all(o == "=" for o in ops) and _equal(exprs[-2], exprs[-1])[0]:
+        return exprs[-1]  # a computation ending in its result: the last two sides agree
+    return None
+
+
+def _settle(node: tuple) -> tuple:
+    """A relation with \\approx loses its approximations: "\\frac{\\sqrt3}{3} \\approx 0.577" -> \\frac{\\sqrt3}{3},
+    "x = \\sqrt2 \\approx 1.41" -> "x = \\sqrt2"; a bare "x \\approx 1.41" is "x = 1.41" (the decimal is the answer)."""
+    if node[0] != "rel" or "~" not in node[1]:
+        return node
+    ops, exprs = node[1], node[2]
+    cut = ops.index("~")
+    if cut == 0 and len(exprs) == 2 and _label_like(exprs[0]):
+        return ("rel", ("=",), exprs)
+    return exprs[0] if cut == 0 else ("rel", ops[:cut], exprs[: cut + 1])
+
+
+def _rounds(exact: tuple, approx: tuple) -> bool:
+    """Whether the number `approx` is `exact` correctly rounded to the digits written: 0.577 for \\frac{\\sqrt3}{3} and
+    32348 for 24000 \\cdot 1.01^{30}, but not 0.577 for \\frac{\\sqrt2}{3}."""
+    bare = approx[1] if approx[0] == "neg" else approx
+    a, e = _constant(approx), _constant(exact)
+    if bare[0] != "num" or a is None or e is None:
+        return False
+    ulp = bare[2] or Fraction(1)
+    return abs(a - e) <= _MP.mpf(ulp.numerator) / ulp.denominator / 2
+
+
+def _merge_sets(node: tuple) -> tuple:
+    """A union of finite sets is one set: \\{1\\} \\cup \\{2, 3\\} -> \\{1, 2, 3\\} (repeated elements written once)."""
+    if node[0] != "union" or any(part[0] != "set" for part in node[1]):
+        return node
+    return ("set", tuple(dict.fromkeys(c for part in node[1] for c in part[1])))
+
+
+def _regroup(node: tuple) -> tuple:
+    """"p = 5, q = 2; p = 7, q = 2" -> "(5, 2), (7, 2)": labelled values whose names repeat in a cycle are a list of
+    tuples, one per cycle (a single cycle "p = 5, q = 2" already compares with "(5, 2)" in order)."""
+    if node[0] != "list":
+        return node
+    items = node[1]
+    names = [c[2][0] if c[0] == "rel" and c[1] == ("=",) and c[2][0][0] == "sym" else None for c in items]
+    m = len(set(names))
+    if None in names or m < 2 or len(names) == m or len(names) % m or names != names[:m] * (len(names) // m):
+        return node
+    return ("list", tuple(("seq", "()", tuple(c[2][1] for c in items[i : i + m])) for i in range(0, len(items), m)))
+
+
+def _constant(node: tuple):
+    """The real value of a constant expression (None when it has symbols or no real value)."""
+    if _symbols(node):
+        return None
+    try:
+        exact = _exact(node)  # gcd, binomials and factorials have exact values only
+        return _MP.mpf(exact.numerator) / exact.denominator if exact is not None else _real(_num(node, {}))
+    except (_ParseError, ValueError, ZeroDivisionError, _TooBig, TypeError):
+        return None
+
+
+def _is_node(f) -> bool:
+    """Whether a field of a tree node is itself a node (fields are also strings, numbers and tuples of nodes)."""
+    return isinstance(f, tuple) and bool(f) and isinstance(f[0], str)
+
+
+def _subst(node: tuple, name: str, value: tuple) -> tuple:
+    """The tree with the symbol `name` replaced by the tree `value`."""
+    if node == ("sym", name):
+        return value
+
+    def field(f):
+        if _is_node(f):
+            return _subst(f, name, value)
+        return tuple(field(g) for g in f) if isinstance(f, tuple) else f
+
+    return (node[0],) + tuple(field(f) for f in node[1:])
+
+
+def _affine(t: tuple, name: str) -> tuple | None:
+    """(a, b, sign of a) with t = a*name + b, when t is affine in name (checked at two more points); else None."""
+    xs = (Fraction(0), Fraction(1), Fraction(5, 2), Fraction(-3, 7))
+    at = [_subst(t, name, ("num", x, False)) for x in xs]
+    vals = [_constant(x) for x in at]
+    if any(v is None for v in vals):
+        return None
+    a, b = vals[1] - vals[0], vals[0]
+    if a == 0 or not all(_close(v, b + a * x.numerator / x.denominator, 1e-20) for v, x in zip(vals[2:], xs[2:])):
+        return None
+    return ("add", (at[1], ("neg", at[0]))), at[0], 1 if a > 0 else -1
+
+
+def _interval(lo: tuple, lo_closed: bool, hi: tuple, hi_closed: bool) -> tuple:
+    return ("seq", ("[" if lo_closed and lo != ("neg", _INF) else "(") + ("]" if hi_closed and hi != _INF else ")"),
+            (lo, hi))
+
+
+def _mirror(e: tuple) -> tuple:
+    return ("neg", _INF) if e == _INF else _INF if e == ("neg", _INF) else ("neg", e)
+
+
+def _unfold_abs(parts: list) -> list | None:
+    """{s : |s| in parts}: |s| <= 2 -> [-2, 2]; 1 <= |s| <= 3/2 -> [-3/2, -1] u [1, 3/2]; |s| > 1 -> (-oo, -1) u
+    (1, oo)."""
+    out = []
+    for _, br, (lo, hi) in parts:
+        lo_value = -1 if lo == ("neg", _INF) else _constant(lo)
+        if lo_value is None:
+            return None
+        if lo_value < 0:
+            out.append(_interval(_mirror(hi), br[1] == "]", hi, br[1] == "]"))
+        else:
+            out += [_interval(_mirror(hi), br[1] == "]", _mirror(lo), br[0] == "["), ("seq", br, (lo, hi))]
+    return out
+
+
+def _preimage(t: tuple, parts: list) -> list | None:
+    """{x : t(x) in parts} for the one variable x of t: through |.|, and an affine t (2x - 4, -x, x + 1: divided out,
+    flipped when a < 0); when t only names a quantity (f(x), a + b, |AB|) the parts are its range as written."""
+    if t[0] == "abs" and (t[1][0] == "sym" or not _label_like(t[1])):
+        unfolded = _unfold_abs(parts)
+        return None if unfolded is None else _preimage(t[1], unfolded)
+    if _label_like(t):
+        return parts
+    names = _symbols(t)
+    aff = _affine(t, next(iter(names))) if len(names) == 1 else None
+    if aff is None:
+        return None
+    a, b, sign = aff
+
+    def back(e):  # u -> (u - b) / a; an infinite end stays infinite (its sign flips with a)
+        if e in (_INF, ("neg", _INF)):
+            return e if sign > 0 else _mirror(e)
+        return ("frac", ("add", (e, ("neg", b))), a)
+
+    out = []
+    for _, br, (lo, hi) in parts:
+        if sign > 0:
+            out.append(_interval(back(lo), br[0] == "[", back(hi), br[1] == "]"))
+        else:
+            out.append(_interval(back(hi), br[1] == "]", back(lo), br[0] == "["))
+    return out
+
+
+def _relation_set(node: tuple) -> list | None:
+    """A relation in one variable (or about one named quantity) as intervals of that variable: "x > 3", "2 <= x < 5",
+    "-x > -1" (x < 1), "2x - 4 >= 0", "x \\neq 2", "|x| < 3", "1 <= |z| <= 3/2", "0 < f(x) < 1"; None otherwise."""
+    r = _flip(node)
+    ops, exprs = r[1], r[2]
+    const = [not _symbols(e) for e in exprs]
+    if ops == ("!=",) and const.count(True) == 1:
+        t, c = (exprs[0], exprs[1]) if const[1] else (exprs[1], exprs[0])
+        return _preimage(t, [_interval(("neg", _INF), False, c, False), _interval(c, False, _INF, False)])
+    if not all(o in ("<", "<=") for o in ops) or len(exprs) not in (2, 3):
+        return None
+    if len(exprs) == 3:
+        if const != [True, False, True]:
+            return None
+        return _preimage(exprs[1], [_interval(exprs[0], ops[0] == "<=", exprs[2], ops[1] == "<=")])
+    closed = ops[0] == "<="
+    if const == [True, False]:
+        return _preimage(exprs[1], [_interval(exprs[0], closed, _INF, False)])
+    if const == [False, True]:
+        return _preimage(exprs[0], [_interval(("neg", _INF), False, exprs[1], closed)])
+    if const == [False, False]:  # both sides vary: lhs - rhs < 0
+        zero = ("num", Fraction(0), False)
+        return _preimage(("add", (exprs[0], ("neg", exprs[1]))), [_interval(("neg", _INF), False, zero, closed)])
     return None
 
 
@@ -1192,21 +1586,7 @@ def _intervals(node: tuple) -> list | None:
     if k == "rel":
         if _rhs(node) is not None:
             return _intervals(_rhs(node))
-        r = _flip(node)
-        ops, exprs = r[1], r[2]
-        if not all(o in ("<", "<=") for o in ops) or len(exprs) not in (2, 3):
-            return None
-        var = [i for i, e in enumerate(exprs) if e[0] == "sym"]
-        if len(var) != 1 or _symbols(("list", exprs)) != {exprs[var[0]][1]}:
-            return None
-        inf = ("const", "inf")
-        if len(exprs) == 3 and var[0] == 1:
-            return [("seq", ("(" if ops[0] == "<" else "[") + (")" if ops[1] == "<" else "]"), (exprs[0], exprs[2]))]
-        if len(exprs) == 2 and var[0] == 1:
-            return [("seq", ("(" if ops[0] == "<" else "[") + ")", (exprs[0], inf))]
-        if len(exprs) == 2 and var[0] == 0:
-            return [("seq", "(" + (")" if ops[0] == "<" else "]"), (("neg", inf), exprs[1]))]
-        return None
+        return _relation_set(node)
     if k == "list":
         parts = [_intervals(p) for p in node[1]]
         return None if any(p is None or p[0][0] != "seq" for p in parts) else [i for p in parts for i in p]
@@ -1231,21 +1611,42 @@ def _ordered_equal(ps, gs) -> bool:
     return len(ps) == len(gs) and all(_equal(p, g)[0] for p, g in zip(ps, gs))
 
 
+def _replace_pm(node: tuple) -> list | None:
+    """The two trees with the first \\pm (in reading order) taken as + and as -; None when there is none."""
+    if node[0] == "pm":
+        return [node[1], ("neg", node[1])]
+    for i, f in enumerate(node[1:], 1):
+        if _is_node(f):  # a child: \frac{1 \pm \sqrt5}{2}
+            sub = _replace_pm(f)
+            if sub:
+                return [node[:i] + (v,) + node[i + 1 :] for v in sub]
+        elif isinstance(f, tuple):  # a tuple of children: the terms of a sum, the factors of a product
+            for j, c in enumerate(f):
+                sub = _replace_pm(c) if _is_node(c) else None
+                if sub:
+                    return [node[:i] + (f[:j] + (v,) + f[j + 1 :],) + node[i + 1 :] for v in sub]
+    return None
+
+
 def _expand_pm(node: tuple) -> list:
-    """a \\pm b -> [a + b, a - b] (the first \\pm in a sum; more are expanded recursively, at most 8 values)."""
-    if node[0] != "add" or not any(t[0] == "pm" for t in node[1]):
-        return [node] if node[0] != "pm" else [node[1], ("neg", node[1])]
-    j = next(i for i, t in enumerate(node[1]) if t[0] == "pm")
-    out = []
-    for sign_term in (node[1][j][1], ("neg", node[1][j][1])):
-        terms = node[1][:j] + (sign_term,) + node[1][j + 1 :]
-        out.extend(_expand_pm(("add", terms)))
-    return out[:8]
+    """a \\pm b -> [a + b, a - b], wherever the \\pm stands (\\frac{1 \\pm \\sqrt5}{2} too); each further \\pm doubles
+    the values, up to MAX_PM_VALUES (then the answer stays unexpanded: 40 signs must not cost 2^40 trees)."""
+    values = [node]
+    while len(values) <= MAX_PM_VALUES:
+        expanded = [_replace_pm(v) or [v] for v in values]
+        if all(len(e) == 1 for e in expanded):
+            return values
+        values = [v for e in expanded for v in e]
+    return [node]
 
 
 def _pm_list(node: tuple) -> tuple:
     """A scalar with \\pm as the unordered list of its values; anything else unchanged."""
-    if node[0] not in ("add", "pm"):
+    if node[0] in ("num", "sym", "const"):  # leaves, the most frequent case: no walk
+        return node
+    if node[0] == "list" and any(n[0] == "pm" for n in _walk(node)):  # "0, \\pm 2" is the list 0, 2, -2
+        return ("list", tuple(v for c in node[1] for v in _expand_pm(c)))
+    if node[0] not in _SCALARS and node[0] != "pm" or not any(n[0] == "pm" for n in _walk(node)):
         return node
     values = _expand_pm(node)
     return node if len(values) == 1 else ("list", tuple(values))
@@ -1272,11 +1673,25 @@ def _equation_equal(p: tuple, g: tuple) -> bool:
     return len(ratios) >= 2 and all(_close(r, ratios[0], 1e-20) for r in ratios)
 
 
+def _sets_equal(ip: list, ig: list) -> tuple[bool, str]:
+    """Two sets of reals given as intervals (from unions, relations or "x \\in ...")."""
+    if _unordered_equal(ip, ig):
+        return True, "same union of intervals"
+    return False, "different sets of reals"
+
+
 def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
     """Structural comparison; scalars go to _scalar_equal."""
     if p == g:
         return True, "identical expressions"
-    p, g = _pm_list(p), _pm_list(g)
+    for side in (p, g):  # "24000 \\cdot 1.01^{30} \\approx 32348": the exact value, or its true rounding
+        if side[0] == "rel" and "~" in side[1]:
+            ok, why = _equal(_settle(p), _settle(g))
+            exact, approx = side[2][side[1].index("~")], side[2][side[1].index("~") + 1]
+            if ok or not _rounds(exact, approx):
+                return ok, why
+            return _equal(approx, g) if side is p else _equal(p, approx)
+    p, g = _pm_list(_regroup(_merge_sets(p))), _pm_list(_regroup(_merge_sets(g)))
     kp, kg = p[0], g[0]
     if kp == "rel" or kg == "rel":
         if kp == "rel" and kg == "rel":
@@ -1291,31 +1706,29 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
                 )
             ip, ig = _intervals(p), _intervals(g)
             if ip is not None and ig is not None:
-                return _equal(("union", tuple(ip)), ("union", tuple(ig)))
+                return _sets_equal(ip, ig)
             return False, "different relations"
-        rel, other = (p, g) if kp == "rel" else (g, p)
-        rhs = _rhs(rel)
+        rhs = _rhs(p if kp == "rel" else g)
         if rhs is not None:
-            return _equal(rhs, g) if kp == "rel" else _equal(p, rhs)
-        ir, io = _intervals(rel), _intervals(other)
-        if ir is not None and io is not None:
-            return (
-                _equal(("union", tuple(ir)), ("union", tuple(io)))
-                if kp == "rel"
-                else _equal(("union", tuple(io)), ("union", tuple(ir)))
-            )
+            ok, why = _equal(rhs, g) if kp == "rel" else _equal(p, rhs)
+            return ok, f"the value of a labelled answer: {why}"
+        ip, ig = _intervals(p), _intervals(g)
+        if ip is not None and ig is not None:
+            return _sets_equal(ip, ig)
         return False, "a relation against a value"
     if "union" in (kp, kg):  # with a union of intervals, or inequalities joined by "or"
         ip, ig = _intervals(p), _intervals(g)
         if ip is None or ig is None:
             return False, "different kinds of sets"
-        return (True, "same union of intervals") if _unordered_equal(ip, ig) else (False, "different unions")
+        return _sets_equal(ip, ig)
     if kp == "seq" and kg == "seq":
         if p[1] != g[1]:
             return False, f"brackets differ ({p[1]} vs {g[1]})"
         return (True, "same tuple/interval") if _ordered_equal(p[2], g[2]) else (False, "different tuple/interval")
     if kp in _UNORDERED and kg in _UNORDERED:
         return (True, "same elements (any order)") if _unordered_equal(p[1], g[1]) else (False, "different elements")
+    if kp == "list" and kg not in _UNORDERED and all(_equal(c, g)[0] for c in p[1]):
+        return True, "every listed form equals the gold"  # "\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}"
     if {kp, kg} == {"seq", "list"} and "()" in (p[1], g[1]):  # "1, 2" against "(1, 2)": same values, same order
         ps, gs = p[-1], g[-1]
         return (True, "same values in order") if _ordered_equal(ps, gs) else (False, "different values")
@@ -1334,6 +1747,10 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
         if 0 in (_exact(a), _exact(b), _exact(c), _exact(d)):
             return (True, "same ratio") if _ordered_equal(p[1], g[1]) else (False, "different ratios")
         return _scalar_equal(("mul", (a, d)), ("mul", (b, c)))
+    if "ratio" in (kp, kg) and {kp, kg} <= _SCALARS | {"ratio"}:  # 11:21 against 11/21: the quotient
+        quotient = [("frac", *x[1]) if x[0] == "ratio" else x for x in (p, g)]
+        ok, why = _scalar_equal(*quotient)
+        return ok, f"ratio as a quotient: {why}"
     if kg == "base":  # 52_8 vs 52_{8}, or the bare digits "52" (the problem asked for base 8)
         if kp == "base":
             return (True, "same numeral") if p[2] == g[2] and _exact(p) == _exact(g) else (False, "different numerals")
@@ -1353,19 +1770,28 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
 
 @functools.lru_cache(maxsize=8192)
 def _prepare(s: str) -> tuple:
-    """(normalised string, percent?, tree or None, parse error) of one answer; cached (gold answers repeat)."""
+    """(normalised string, marks ("%", "°"), tree or None, parse error) of one answer; cached (gold answers repeat)."""
     if len(s) > MAX_ANSWER_CHARS:
-        return s.strip(), False, None, "too long to parse"
-    norm, percent = _normalize(s)
+        return s.strip(), "", None, "too long to parse"
+    norm, marks = _normalize(s)
     try:
-        return norm, percent, _Parser(norm).parse(), None
+        return norm, marks, _Parser(norm).parse(), None
     except (_ParseError, ValueError, ZeroDivisionError, RecursionError, IndexError) as e:
-        return norm, percent, None, f"cannot parse: {e}"
+        return norm, marks, None, f"cannot parse: {e}"
 
 
-def _percent_variants(node: tuple, percent: bool) -> list:
-    """A value written with % stands for itself and for value/100 ("25%" matches 25 and 0.25)."""
-    return [node, ("mul", (node, ("num", Fraction(1, 100), False)))] if percent else [node]
+def _variants(raw: str, node: tuple, marks: str, pred: bool) -> list:
+    """The readings of an answer: as written; a value with % also as value/100 ("25%" matches 25 and 0.25); a value
+    in degrees also in radians ("90^\\circ" matches 90 and \\frac{\\pi}{2}); a prediction "2,74" also with a decimal
+    comma (see _decimal_comma). A gold "1,3" is the list of the data's convention: the prediction 1.3 must not match."""
+    value = _rhs(node) if node[0] == "rel" and _rhs(node) is not None else node  # "\\angle A = 45^\\circ": 45
+    out = [node]
+    if "%" in marks:
+        out.append(("mul", (value, ("num", Fraction(1, 100), False))))
+    if "\u00b0" in marks:
+        out.append(("mul", (value, ("frac", ("const", "pi"), ("num", Fraction(180), False)))))
+    comma = _decimal_comma(raw) if pred else None
+    return out + [comma] if comma is not None else out
 
 
 def _decide(pred: str, gold: str) -> tuple[bool, str]:
@@ -1386,12 +1812,16 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
         if mc is not None:
             got = _mc_letters(np_, pred=True)
             return (True, "same choice letters") if got == mc else (False, f"choice {''.join(sorted(mc))} expected")
-        m = _MC_PRED_RE.fullmatch(ng)
-        if m and m.group(1) and ng[3:].strip():  # gold "(B) 4": the letter, or the option's value
-            if _mc_letters(np_, pred=True) == {m.group(1)}:
+        option = _option(ng)
+        if option:  # gold "(B) 4": the letter, or the option's value
+            if _mc_letters(np_, pred=True) == {option[0]}:
                 return True, "same choice letter"
-            ok, why = _decide(pred, ng[3:].strip())
+            ok, why = _decide(pred, option[1])
             return ok, f"against the option's value: {why}"
+        option = _option(np_)
+        if option:  # a prediction "(D) 6" against a gold value: the option's value
+            ok, why = _decide(option[1], gold)
+            return ok, f"the predicted option's value: {why}"
         if _has_words(ng) or _has_words(np_):
             same = _text_key(np_) == _text_key(ng)
             return (True, "same words") if same else (False, "different words")
@@ -1400,11 +1830,12 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
         if tp is None:
             return False, f"prediction {errp}"
         why = ""
-        for vp in _percent_variants(tp, pp):
-            for vg in _percent_variants(tg, pg):
+        for vp in _variants(pred, tp, pp, pred=True):
+            for vg in _variants(gold, tg, pg, pred=False):
                 ok, why = _equal(vp, vg)
                 if ok:
-                    return True, why + (" (percent)" if vp is not tp or vg is not tg else "")
+                    other = vp is not tp or vg is not tg
+                    return True, why + (" (another reading: percent, degrees or decimal comma)" if other else "")
         return False, why
     except _TooBig as e:
         return False, f"too large to compare ({e})"
@@ -1716,8 +2147,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     pred = args.pred
     if args.response:
-        pred = extract_answer(args.pred, strict=args.strict, boxed_only=args.boxed_only)
-        print(f"extracted: {pred!r}")
+        pred, rule = _extract(args.pred, strict=args.strict, boxed_only=args.boxed_only)
+        print(f"extracted: {pred!r}  ({rule})")
         if pred is None:
             print("False  (no answer found in the response)")
             return 1

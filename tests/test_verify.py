@@ -195,15 +195,96 @@ EQUAL = [
     ("\\text{Evelyn}", "Evelyn"),
     ("\\text{east}", "East"),
     ("\\text{4:30 p.m.}", "4:30 PM"),
+    # labels: a left side made of names only (no numbers) names the value; a chain ends in its result
+    ("|AB| = 1", "1"),
+    ("V_1:V_2 = 11:21", "11:21"),
+    ("S_{MBCN}:S = 7:32", "7:32"),
+    ("\\frac{NO}{BO} = \\frac{1}{\\sqrt 6}", "\\frac{\\sqrt6}{6}"),
+    ("a+b = 7", "7"),
+    ("\\angle ABC = 30^\\circ", "30"),
+    ("A^{-1} = \\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
+    ("S = 3 + 4 = 7", "7"),
+    ("\\binom{6}{2} = 15", "15"),  # a true computation states its result
+    ("\\gcd(84, 126) = 42", "42"),
+    ("\\tan\\theta = \\frac34", "0.75"),
+    ("e = \\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),  # e names an eccentricity here
+    ("\\text{Area} = 25", "25"),
+    ("f^{-1}(x) = 2x + 1", "2x+1"),
+    ("x=0, x=2, x=-2", "0, \\pm 2"),  # \pm inside a list
+    ("x_1=\\frac{1+\\sqrt5}{2}, x_2=\\frac{1-\\sqrt5}{2}", "\\frac{1\\pm\\sqrt5}{2}"),  # \pm inside a fraction
+    ("\\{x \\mid x > 2\\}", "(2, \\infty)"),  # set-builder notation
+    ("D: 36", "D"),
+    ("\\textbf{(D) } 6", "6"),  # a predicted option with its value, against a gold value
+    ("\\{1\\} \\cup \\{2, 3\\}", "\\{3, 2, 1\\}"),  # a union of finite sets
+    ("\\left\\{\\begin{array}{l} x = 1 \\\\ y = 2 \\end{array}\\right.", "(1, 2)"),  # a system's solution
+    ("\\begin{cases} x = 1 \\\\ y = 2 \\end{cases}", "(1, 2)"),
+    ("k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}", "\\frac{\\pi}{4} + k\\pi"),  # the index's qualifier
+    ("11:21", "\\frac{11}{21}"),
+    ("p = 5, q = 2; p = 7, q = 2", "(5, 2), (7, 2)"),
+    # \approx: what follows it approximates what precedes
+    ("\\frac{\\sqrt{3}}{3} \\approx 0.577", "\\frac{\\sqrt3}{3}"),
+    ("x = \\sqrt2 \\approx 1.414", "\\sqrt 2"),
+    ("x \\approx 3.5", "x = 3.5"),
+    ("24000 \\cdot 1.01^{30} \\approx 32348", "32348"),  # a correct rounding matches a rounded gold
+    ("\\sin 30^\\circ", "\\frac12"),  # degrees inside a trigonometric function
+    ("\\frac{\\sin 20^\\circ - \\sin 40^\\circ}{\\sin 10^\\circ}", "-\\sqrt3"),
+    ("{8 \\choose 2}", "28"),
+    ("36 - 7 - 2 - 10 = 17 = x", "17"),  # a chain that ends by naming its value
+    # relations in one variable as sets: affine sides solved, |x| unfolded, a named quantity's range
+    ("1 \\le |z| \\le \\frac32", "[-\\frac32, -1] \\cup [1, \\frac32]"),
+    ("0 < f(x) < 1", "(0, 1)"),
+    ("m \\geq \\sqrt 2", "[\\sqrt 2, +\\infty)"),
+    ("-x > -1", "x < 1"),
+    ("2x - 4 \\ge 0", "[2, \\infty)"),
+    ("1 < 2x + 1 < 5", "(0, 2)"),
+    ("2x > x + 1", "x > 1"),
+    ("|x| < 3", "(-3, 3)"),
+    ("|x| > 1", "(-\\infty,-1)\\cup(1,\\infty)"),
+    ("x \\neq 2", "(-\\infty, 2) \\cup (2, \\infty)"),
+    ("x \\lt 3", "(-\\infty, 3)"),
+    ("x \\geq 5", "x >= 5"),
+    ("x != 2", "x \\neq 2"),
+    ("x!=2", "x \\neq 2"),
+    ("2\\cdot5!=240", "240"),  # after a number, "!=" is a factorial and "="
+    ("x ≠ 2", "x \\ne 2"),
+    ("\\num{1234}", "1234"),
+    ("25^\\circ C", "25"),
+    ("\\frac{\\pi}{2}", "90^\\circ"),  # degrees also read in radians
+    ("60°", "\\frac{\\pi}{3}"),
+    ("\\angle ACB = 45^\\circ", "\\frac{\\pi}{4}"),
+    ("（1，2）", "(1, 2)"),  # full-width brackets and comma
+    ("x ⩽ 3", "(-\\infty, 3]"),
+    ("\\text{all real numbers}", "(-\\infty, \\infty)"),
+    # number formats: decimal comma where it cannot be a thousands separator, stray backslashes, unicode roots
+    ("1000,99", "1000.99"),
+    ("0,111", "0.111"),
+    ("2,74", "2.74"),
+    ("2{,}5", "2.5"),
+    ("14{,}916", "14916"),
+    ("12,345", "12345"),
+    ("25\\", "25"),
+    ("25\\\\", "25"),
+    ("√12", "2\\sqrt3"),
+    # a choice letter with its option written out
+    ("C. x = 42", "C"),
+    ("B)", "B"),
+    # fractional powers of negative numbers are real roots, like \sqrt[3]{}
+    ("\\sqrt[3]{x^2-2}^2", "(x^2-2)^{2/3}"),
+    ("(x-3)^{1/3}", "\\sqrt[3]{x-3}"),
+    ("(-8)^{2/3}", "4"),
+    ("\\sqrt{2}\\sqrt[3]{2}", "2^{5/6}"),
     # decimals within the 1e-6 relative tolerance (policy: only when neither side is an integer)
     ("0.3333333", "\\frac13"),
-    ("3.14159265", "\\pi"),
-    ("1.4142136", "\\sqrt{2}"),
+    ("\\pi", "3.14159265"),  # a gold decimal states the precision asked for
+    ("\\sqrt{2}", "1.4142136"),
 ]
 
 NOT_EQUAL = [
     # rounded decimals are not exact values (tolerance 1e-6 relative, and integers are exact)
     ("3.14", "\\pi"),
+    ("3.14159265", "\\pi"),  # a predicted decimal for an exact irrational gold, however precise
+    ("1.4142136", "\\sqrt{2}"),
+    ("0.5773503", "\\frac{\\sqrt3}{3}"),
     ("3.1416", "\\pi"),
     ("0.33", "\\frac13"),
     ("0.333", "1/3"),
@@ -268,8 +349,11 @@ NOT_EQUAL = [
     ("x > 3", "x \\ge 3"),
     ("x > 3", "[3, \\infty)"),
     ("x=1, y=2", "(2,1)"),
-    # degrees are not converted to radians; numerals keep their base
-    ("\\frac{\\pi}{2}", "90^\\circ"),
+    # degrees and radians: only a side written in degrees has the radian reading; numerals keep their base
+    ("\\frac{\\pi}{3}", "90^\\circ"),
+    ("\\frac{\\pi}{2}", "90"),
+    ("1.5708", "90^\\circ"),  # a decimal for the exact pi/2 reading
+    ("\\angle ACB = 45^\\circ", "\\frac{\\pi}{3}"),
     ("34", "42_8"),
     ("52_8", "52"),
     ("[1, 2]", "1, 2"),
@@ -287,6 +371,84 @@ NOT_EQUAL = [
     ("\\text{odd}", "\\text{even}"),
     ("\\text{nylevE}", "\\text{Evelyn}"),
     ("4:30", "\\text{4:30 p.m.}"),
+    # labels: the twins of the rules above, and an equation with a number on the left is not a label
+    ("|AB| = 2", "1"),
+    ("V_1:V_2 = 11:20", "11:21"),
+    ("S_{MBCN}:S = 7:33", "7:32"),
+    ("\\frac{NO}{BO} = \\frac{1}{\\sqrt 5}", "\\frac{\\sqrt6}{6}"),
+    ("a+b = 8", "7"),
+    ("\\angle ABC = 60^\\circ", "30"),
+    ("A^{-1} = \\begin{pmatrix}1&0\\\\0&3\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&2\\end{pmatrix}"),
+    ("S = 3 + 4 = 8", "7"),
+    ("\\binom{6}{2} = 16", "16"),  # a false computation states no answer
+    ("\\gcd(84, 126) = 42", "84"),
+    ("\\tan\\theta = \\frac43", "0.75"),
+    ("e = \\frac{\\sqrt{3}}{3}", "\\frac{\\sqrt3}{2}"),
+    ("\\text{Area} = 24", "25"),
+    ("f^{-1}(x) = 2x + 1", "2x-1"),
+    ("x=0, x=2, x=-1", "0, \\pm 2"),
+    ("x=0, x=2", "0, \\pm 2"),
+    ("x_1=\\frac{1+\\sqrt5}{2}, x_2=\\frac{-1-\\sqrt5}{2}", "\\frac{1\\pm\\sqrt5}{2}"),
+    ("\\{x \\mid x > 3\\}", "(2, \\infty)"),
+    ("D: 36", "A"),
+    ("A:B", "A"),  # a ratio of two names is no choice letter
+    ("\\textbf{(D) } 6", "7"),
+    ("\\{1\\} \\cup \\{3\\}", "\\{1, 2\\}"),
+    ("\\left\\{\\begin{array}{l} x = 1 \\\\ y = 2 \\end{array}\\right.", "(2, 1)"),
+    ("\\begin{cases} x = 1 \\\\ y = 3 \\end{cases}", "(1, 2)"),
+    ("k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}", "\\frac{\\pi}{4} + 2k\\pi"),
+    ("x \\in \\mathbb{R}", "(0, \\infty)"),  # a qualifier over the reals is an answer, never stripped
+    ("11:21", "\\frac{21}{11}"),
+    ("p = 5, q = 2; p = 7, q = 3", "(5, 2), (7, 2)"),
+    ("p = 5, q = 2; p = 7, q = 2", "(2, 5), (2, 7)"),
+    ("2x = 10", "10"),
+    ("x^2 = 4", "4"),
+    # an approximation is not the exact value, and the exact value is not its approximation
+    ("\\frac{\\sqrt{2}}{3} \\approx 0.471", "\\frac{\\sqrt3}{3}"),
+    ("0.577", "\\frac{\\sqrt3}{3}"),
+    ("\\frac{\\sqrt{3}}{3} \\approx 0.577", "0.578"),
+    ("\\frac{\\sqrt{2}}{3} \\approx 0.577", "0.577"),  # the approximation of a wrong value
+    ("24000 \\cdot 1.01^{30} \\approx 32349", "32349"),  # a wrong rounding
+    ("\\sin 30^\\circ", "\\frac{\\sqrt3}{2}"),
+    ("{8 \\choose 3}", "28"),
+    ("36 - 7 - 2 - 10 = 17 = x", "16"),
+    ("1 + 1 = 3 = x", "3"),  # a false computation before the name states nothing
+    # relations as sets: twins
+    ("1 \\le |z| \\le 2", "[-\\frac32, -1] \\cup [1, \\frac32]"),
+    ("0 < f(x) \\le 1", "(0, 1)"),
+    ("m > \\sqrt 2", "[\\sqrt 2, +\\infty)"),
+    ("-x > -1", "x > 1"),
+    ("2x - 4 \\ge 0", "[4, \\infty)"),
+    ("1 < 2x + 1 < 5", "(1, 5)"),
+    ("2x > x + 1", "x < 1"),
+    ("|x| < 3", "(-3, 3]"),
+    ("|x| > 1", "(-1, 1)"),
+    ("x \\neq 2", "x \\neq 3"),
+    ("x != 2", "x \\neq 3"),
+    ("3! = 6", "3"),  # a factorial before "=" is still a factorial
+    ("25^\\circ C", "26"),
+    ("（1，2）", "(2, 1)"),
+    ("x ⩽ 3", "(-\\infty, 3)"),
+    ("\\text{all real numbers}", "(0, \\infty)"),
+    ("\\text{all real numbers}", "\\text{all integers}"),
+    ("x^2 < 4", "(-2, 2)"),  # not affine: not solved (a known limit), never guessed
+    # number formats: twins; a list with a space after the comma is a list
+    ("1000,99", "100099"),
+    ("0,111", "111"),
+    ("2,74", "274"),
+    ("2,74", "2.75"),
+    ("1.3", "1,3"),  # a gold "1,3" is a list (the data's convention), only a predicted comma may be decimal
+    ("2{,}5", "25"),
+    ("1, 234", "1234"),
+    ("14{,}916", "14.916"),
+    ("√13", "2\\sqrt3"),
+    ("C. x = 42", "B"),
+    ("B)", "C"),
+    # fractional powers: twins
+    ("\\sqrt[3]{x^2-2}", "(x^2-2)^{2/3}"),
+    ("(x-3)^{1/3}", "\\sqrt[3]{x+3}"),
+    ("(-8)^{2/3}", "-4"),
+    ("\\sqrt{2}\\sqrt[3]{2}", "2^{6/5}"),
     # empty and malformed
     ("", "5"),
     ("5", ""),
@@ -316,6 +478,14 @@ def test_equal_is_symmetric_on_the_rule_cases():
         ("\\textbf{(C)} 12", "C"),
         ("B", "\\text{(B) } 4"),
         ("4", "\\textbf{(B) }4"),
+        ("C. x = 42", "C"),
+        ("D: 36", "D"),
+        ("\\textbf{(D) } 6", "6"),
+        ("\\pi", "3.14159265"),
+        ("\\sqrt{2}", "1.4142136"),
+        ("1000,99", "1000.99"),
+        ("0,111", "0.111"),
+        ("2,74", "2.74"),
     }
     for pred, gold in EQUAL:
         if (pred, gold) not in asymmetric:
@@ -330,7 +500,7 @@ def test_no_global_state_is_touched_and_threads_agree():
     old = mpmath.mp.dps
     try:
         mpmath.mp.dps = 5
-        assert is_equivalent("3.14159", "\\pi") is True and is_equivalent("3.1416", "\\pi") is False
+        assert is_equivalent("\\pi", "3.14159") is True and is_equivalent("\\pi", "3.1416") is False
         assert mpmath.mp.dps == 5
     finally:
         mpmath.mp.dps = old
@@ -407,11 +577,114 @@ def test_extract_modes():
     assert grade("The answer is 5", "5") is True
 
 
+# Full responses: (response, gold, verdict of grade()). Each rule's true case has a false twin of the same shape.
+RESPONSES = [
+    # several boxes joined by a connector are one unordered answer; a step of the work before the last box is not
+    ("The solutions are $\\boxed{1}, \\boxed{2}$.", "1, 2", True),
+    ("The solutions are $\\boxed{1}, \\boxed{3}$.", "1, 2", False),
+    ("$\\boxed{1}, \\boxed{2}$", "2", False),
+    ("So $x = \\boxed{-3}$ \\quad or \\quad $x = \\boxed{5}$.", "5, -3", True),
+    ("So $x = \\boxed{-3}$ \\quad or \\quad $x = \\boxed{4}$.", "5, -3", False),
+    ("$\\boxed{3}\\text{ and }\\boxed{7}$", "7, 3", True),
+    ("$\\boxed{3}\\text{ and }\\boxed{8}$", "7, 3", False),
+    ("She needs $\\boxed{12}$ papers and $\\boxed{3}$ bins.", "12, 3", True),
+    ("She needs $\\boxed{12}$ papers and $\\boxed{4}$ bins.", "12, 3", False),
+    ("The pairs are $\\boxed{(1,2)}$, $\\boxed{(2,1)}$.", "(2,1), (1,2)", True),
+    ("The pairs are $\\boxed{(1,2)}$, $\\boxed{(2,2)}$.", "(2,1), (1,2)", False),
+    ("$\\boxed{15\\frac{39}{40}}$, or $\\boxed{\\frac{639}{40}}$ inches.", "\\frac{639}{40}", True),
+    ("$\\boxed{15\\frac{39}{40}}$, or $\\boxed{\\frac{637}{40}}$ inches.", "\\frac{639}{40}", False),
+    ("A guess: \\boxed{4}. Checking again, the area is \\boxed{6}.", "6", True),
+    ("A guess: \\boxed{6}. Checking again, the area is \\boxed{4}.", "6", False),
+    ("First \\boxed{2} + 3 = \\boxed{5}", "5", True),
+    # no box: the last math span, or a number stated after it; a span naming a variable is not the answer
+    ("Testing small cases, the largest $n$ is 34.", "34", True),
+    ("Testing small cases, the largest $n$ is 35.", "34", False),
+    ("So $a + b = 7$, and the final value is $\\frac{7}{2}$.", "3.5", True),
+    ("So $a + b = 7$, and the final value is $\\frac{7}{3}$.", "3.5", False),
+    ("**Final Answer**\n$\\frac{3}{4}$", "0.75", True),
+    ("**Final Answer**\n$\\frac{3}{5}$", "0.75", False),
+    ("Thus the inequality holds exactly when \\(x \\geq 5\\).", "[5, \\infty)", True),
+    ("Thus the inequality holds exactly when \\(x > 5\\).", "[5, \\infty)", False),
+    ("Dividing by $-1$ flips it: $$-x > -1$$", "x < 1", True),
+    ("Dividing by $-1$ flips it: $$-x > -1$$", "x > 1", False),
+    ("Solving, $x_1 = 2$ and $x_2 = -7$.", "-7, 2", True),
+    ("Solving, $x_1 = 2$ and $x_2 = 7$.", "-7, 2", False),
+    ("So there are 12 ways to choose $k$.", "12", True),
+    ("So the minimum is 7, achieved when $a = b$.", "7", True),  # a relation of names is no value
+    ("Therefore the answer choice is $C$.", "C", True),  # only a name and no number: the name
+    ("Therefore the answer choice is $C$.", "D", False),
+    ("So she pays $\\$1,\\!657$ in total.", "1657", True),  # an escaped dollar inside $...$
+    ("So she pays $\\$1,\\!657$ in total.", "1656", False),
+    ("So the minimum is 7, achieved when $a = b$.", "8", False),
+    ("So the sum is $\\frac{5}{2}$ (by step 3).", "\\frac52", True),
+    ("So the sum is $\\frac{5}{2}$ (by step 3).", "3", False),
+    ("We get \\[\\frac{a}{b} = \\frac{2}{5}\\]\nso the ratio is 2:5.", "2:5", True),
+    ("We get \\[\\frac{a}{b} = \\frac{2}{5}\\]\nso the ratio is 2:5.", "5", False),
+    ("The probability is $\\frac{5}{12}$, approximately 0.4167.", "\\frac{5}{12}", True),
+    ("The probability is $\\frac{1}{6}$, or about $16.7\\%$.", "\\frac{1}{6}", True),
+    ("The probability is $\\frac{1}{7}$, or about $16.7\\%$.", "\\frac{1}{6}", False),
+    ("We find $f(3) = 2$, not $4$.", "2", True),
+    ("We find $f(3) = 2$, not $4$.", "4", False),
+    ("The probability is $\\frac{5}{13}$, approximately 0.3846.", "\\frac{5}{12}", False),
+    ("Multiplying gives 5! = 120. I hope it is correct.", "120", True),
+    ("So $f(-2) + f(0) = \\frac{-8}{-4} + 1 = 2 + 1 = 3$.", "3", True),  # a computation ends in its result
+    ("So $f(-2) + f(0) = \\frac{-8}{-4} + 1 = 2 + 1 = 4$.", "4", False),  # ... when its last two sides agree
+    ("\\begin{align*}\na &= 2 + 3 \\\\\n&= 5.\n\\end{align*}", "5", True),  # an aligned display's last row
+    ("\\begin{align*}\na &= 2 + 3 \\\\\n&= 5.\n\\end{align*}", "3", False),
+    ("Since $x$ cannot be $0$, $x = 5$.", "5", True),
+    ("Multiplying gives 5! = 120. I hope it is correct.", "24", False),
+    ("The correct option is (A).", "A", True),
+    ("The answer is $3$ and $4$.", "4, 3", True),  # formulas joined after the phrase
+    ("The answer is $3$ and $4$.", "4", False),
+    ("The answer is $3$. Then $4$ is the next term.", "3", True),
+    ("The correct option is (A).", "B", False),
+    # a denied value is no answer
+    ("The answer is not $7$; recomputing gives $8$.", "8", True),
+    ("The answer is not $7$.", "7", False),
+    ("The total is not 42.", "42", False),
+    ("So the sum isn't $42$.", "42", False),
+    ("Since it isn't 42, we try 43: $43$ works.", "43", True),
+    # text after a chat-template marker is not this response
+    ("So the answer is 42.<|im_start|>user\nWhat is 7 times 3?<|im_end|>\n<|im_start|>assistant\n21", "42", True),
+    ("So the answer is 41.<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n42", "42", False),
+    ("The sum is $\\boxed{9}$.<|im_end|><|im_start|>user\nWrong, it is \\boxed{8}", "9", True),
+    ("So $n = 12$.<｜end▁of▁sentence｜>Then n = 13", "12", True),
+    ("So $n = 12$.\n\nHuman: and 13?", "13", False),
+    ("The sum is $\\boxed{9}$.<|im_end|><|im_start|>user\nWrong, it is \\boxed{8}", "8", False),
+]
+
+
+@pytest.mark.parametrize("response,gold,verdict", RESPONSES)
+def test_grade_full_responses(response, gold, verdict):
+    assert grade(response, gold) is verdict, (extract_answer(response), gold)
+
+
+def test_one_box_extracts_as_before_and_boxed_only_keeps_the_last_box():
+    """The new paths only add answers where there were none or several: one box gives its content, and the papers'
+    protocol (boxed_only) still takes the last box alone."""
+    assert extract_answer("We get $x = \\boxed{3}$, so $y = 4$.") == "3"
+    assert extract_answer("$\\boxed{1}, \\boxed{2}$") == "1, 2"
+    assert extract_answer("$\\boxed{1}, \\boxed{2}$", boxed_only=True) == "2"
+    assert extract_answer("so $x = 3$", strict=True) is None
+    assert grade("$\\boxed{1}, \\boxed{2}$", "1, 2", boxed_only=True) is False
+
+
 def test_extract_huge_response_is_linear():
     """A 200k-character response with many boxes and numbers extracts the last box (no quadratic regex)."""
     text = ("\\boxed{1} 23 " * 20000) + "\\boxed{\\frac{22}{7}}"
     assert extract_answer(text) == "\\frac{22}{7}"
     assert grade(text, "22/7") is True
+    for unboxed in (
+        "\\( $ " * 40000 + "so $\\frac{22}{7}$",
+        "$x$ 23 " * 30000 + "so it is $\\frac{22}{7}$.",
+        "\\boxed{7}, " * 20000 + "\\boxed{\\frac{22}{7}}",  # boxes joined only within the response's tail
+    ):
+        start = time.perf_counter()
+        assert extract_answer(unboxed).endswith("\\frac{22}{7}")
+        assert time.perf_counter() - start < 1.0
+    start = time.perf_counter()
+    assert is_equivalent("1 + " + "\\pm 1 + " * 40 + "1", "1") is False  # 2^40 sign choices are never built
+    assert time.perf_counter() - start < 1.0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -456,6 +729,47 @@ def test_math500_solutions_grade_correct():
     assert len(rows) == 500 and not wrong, wrong
 
 
+def test_math500_solutions_extract_as_the_boxed_protocol_does():
+    """The new extraction paths only act on several boxes or none: every MATH500 solution with one box gives the
+    training reward the same answer as the papers' boxed protocol, and those with several join only adjacent ones."""
+    rows = _math500()
+    one = [r for r in rows if r["solution"].count("\\boxed") == 1]
+    assert len(one) > 450
+    assert [extract_answer(r["solution"]) for r in one] == [extract_answer(r["solution"], boxed_only=True) for r in one]
+    several = [r for r in rows if r["solution"].count("\\boxed") > 1]
+    assert all(grade(r["solution"], r["answer"]) for r in several)
+
+
+def _unboxed(solution: str) -> str:
+    """The solution with every \\boxed{X} replaced by X: a response that states its answer without a box."""
+    out, i = [], 0
+    while (k := solution.find("\\boxed", i)) >= 0:
+        group = verify._braced(solution, k + len("\\boxed"))
+        if group is None:
+            break
+        out += [solution[i:k], group[0]]
+        i = group[1]
+    return "".join(out) + solution[i:]
+
+
+def test_math500_solutions_without_their_boxes():
+    """The closing-value rules on 500 real solutions with the box taken out: most still grade correct (the answer is
+    the last math span, a computation's result, an aligned display's last row), and none against a shuffled answer."""
+    rows = _math500()
+    perm = list(range(500))
+    random.Random(0).shuffle(perm)
+    responses = [_unboxed(r["solution"]) for r in rows]
+    assert not any("\\boxed" in t for t in responses)
+    correct = sum(grade(t, r["answer"]) for t, r in zip(responses, rows))
+    false_pos = [
+        (r["answer"], rows[j]["answer"])
+        for t, r, j in zip(responses, rows, perm)
+        if r["answer"].strip() != rows[j]["answer"].strip() and grade(t, rows[j]["answer"])
+    ]
+    assert correct >= 400, correct  # 414 when written; 291 before these rules
+    assert not false_pos, false_pos
+
+
 def test_math500_solutions_against_shuffled_answers_grade_wrong():
     """A derangement of the answers: only pairs whose two gold answers are the same string may grade correct."""
     rows = _math500()
@@ -472,7 +786,7 @@ def test_math500_solutions_against_shuffled_answers_grade_wrong():
     assert genuine == 8  # e.g. two problems whose answer is 3
 
 
-_REL_TEXT = {"=": "=", "<": "<", "<=": "\\le", "!=": "\\ne", "in": "\\in", ">": ">", ">=": "\\ge"}
+_REL_TEXT = {"=": "=", "<": "<", "<=": "\\le", "!=": "\\ne", "in": "\\in", ">": ">", ">=": "\\ge", "~": "\\approx"}
 
 
 def _render(t: tuple) -> str:
@@ -610,6 +924,7 @@ PATHOLOGICAL = [
     ("\\begin{pmatrix} 1 & 2 \\\\ 3 \\end{pmatrix}", "1"),
     ("\\left(\\right.\\right)", "1"),
     ("\\\\\\\\\\\\", "\\\\"),
+    ("1 + " + "\\pm 1 + " * 40 + "1", "1"),  # 2^40 sign choices: expanded only up to 8 values
     ("%$#@!^_&", "1"),
 ]
 
@@ -764,3 +1079,9 @@ def test_cli_prints_verdict_and_reason():
     assert out.returncode == 0 and "extracted: 'x=5'" in out.stdout
     out = _cli("--response", "--boxed-only", "the answer is 5", "5")
     assert out.returncode == 1 and "no answer" in out.stdout
+    out = _cli("--response", "so $\\boxed{1}$, $\\boxed{2}$", "2, 1")  # the extraction rule is named too
+    assert out.returncode == 0 and "extracted: '1, 2'  (boxes joined)" in out.stdout
+    out = _cli("--response", "Hence $x \\geq 5$.", "[5, \\infty)")
+    assert out.returncode == 0 and "(last math span)" in out.stdout and "union of intervals" in out.stdout
+    out = _cli("|AB| = 2", "2")
+    assert out.returncode == 0 and "labelled" in out.stdout

@@ -124,7 +124,12 @@ def _load_into(weights: list[tuple[str, torch.Tensor]], model) -> list[str]:
     (models that do not report what they loaded return None: nothing to check).
     """
     with torch.no_grad():
-        loaded = model.load_weights(weights)
+        return _unreached(model, model.load_weights(weights))
+
+
+def _unreached(model, loaded) -> list[str]:
+    """The parameters of vLLM's `model` missing from `loaded`, the names its load_weights reported (None: a model
+    that does not report them, nothing to check)."""
     if not isinstance(loaded, set):
         return []
     return sorted({name for name, _ in model.named_parameters()} - loaded)
@@ -138,12 +143,11 @@ def _reload_into(worker, weights: list[tuple[str, torch.Tensor]]) -> list[str]:
     see which parameters it reports loaded, as _load_into does.
     """
     model = worker.get_model()
-    loaded = set()
+    reported = {}
 
     def load_and_record(items):
-        names = type(model).load_weights(model, items)
-        loaded.update(names or ())
-        return names
+        reported["loaded"] = type(model).load_weights(model, items)
+        return reported["loaded"]
 
     model.load_weights = load_and_record  # an instance attribute shadows the method for this call only
     try:
@@ -151,9 +155,11 @@ def _reload_into(worker, weights: list[tuple[str, torch.Tensor]]) -> list[str]:
             worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
     finally:
         del model.load_weights
+    if "loaded" not in reported:  # a push that reached nothing must not pass for one that reached everything
+        raise RuntimeError("vLLM's reload_weights never called the model's load_weights: the weights went nowhere")
     for layer in _sharing_layers(model):
         layer.quant_method.process_weights_after_loading(layer)  # repack from the shared, now new, tensor
-    return sorted({name for name, _ in model.named_parameters()} - loaded)
+    return _unreached(model, reported.get("loaded"))
 
 
 def _sharing_layers(model) -> list:

@@ -340,6 +340,19 @@ def test_cpu_platform_keeps_the_phases_without_sleeping(monkeypatch, world, leve
     assert cycles(engine.llm.log) == [["push", "reset_prefix_cache"]] + [["push", "reset_prefix_cache"]] * 2 + [[]]
 
 
+def test_sharing_layers_are_the_later_owners_of_a_tied_tensor():
+    class Layer(torch.nn.Module):  # a vLLM layer: a weight and the quant_method that processed it
+        def __init__(self, weight):
+            super().__init__()
+            self.weight, self.quant_method = weight, object()
+
+    embed = Layer(torch.nn.Parameter(torch.randn(6, 4)))
+    other, head = Layer(torch.nn.Parameter(torch.randn(6, 4))), Layer(embed.weight)  # head: tied to the embedding
+    norm = torch.nn.LayerNorm(4)  # a weight but no quant_method: nothing to re-process
+    model = torch.nn.ModuleDict(dict(embed=embed, other=other, norm=norm, head=head))
+    assert engine_vllm._sharing_layers(model) == [head]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Installation, versions, bad arguments
 

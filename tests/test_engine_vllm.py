@@ -308,6 +308,52 @@ def test_worker_in_another_process_is_an_error(fake_vllm, world):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# vLLM's CPU platform (the stand-in's cpu=True; tests/test_vllm_cpu.py runs the real one)
+
+
+def test_cpu_platform_settings(monkeypatch, world):
+    install(monkeypatch, world.model, cpu=True)
+    llm = VLLMEngine(world.path, load_format="dummy").llm
+    assert llm.kwargs["enable_sleep_mode"] is False, "vLLM's CPU platform refuses sleep mode"
+    assert llm.kwargs["enable_chunked_prefill"] is False, "seeded sampling breaks on a split CPU prefill"
+    assert llm.kwargs["kv_cache_memory_bytes"] == engine_vllm.CPU_KV_CACHE_BYTES, "a second engine needs a fixed size"
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_cpu_platform_keeps_the_phases_without_sleeping(monkeypatch, world, level):
+    install(monkeypatch, world.model, cpu=True)  # its LLM raises on sleep/wake and on pushes outside reload_weights
+    model, optimizer = trainer(world)
+    engine = VLLMEngine(world.path, load_format="dummy", sleep_level=level)
+    engine.load_weights(model)
+    for step in range(2):
+        engine.generate(world.prompts, n=2, max_new_tokens=4, seed=step)
+        engine.sleep()
+        with pytest.raises(RuntimeError, match="wake_up"):
+            engine.generate(world.prompts, n=1, max_new_tokens=3)  # the phase is kept: no rollout while training
+        optimizer_step(model, optimizer, world.prompts)
+        if level == 1:
+            engine.load_weights(model)  # recorded, pushed by wake_up; level 2: the kept reference is re-pushed
+        assert "push" not in cycles(engine.llm.log)[-1], "a push while asleep would be reset by nothing"
+        engine.wake_up()
+    engine.generate(world.prompts, n=2, max_new_tokens=4, seed=9)
+    assert_engine_holds(engine.llm, model)
+    assert cycles(engine.llm.log) == [["push", "reset_prefix_cache"]] + [["push", "reset_prefix_cache"]] * 2 + [[]]
+
+
+def test_sharing_layers_are_the_later_owners_of_a_tied_tensor():
+    class Layer(torch.nn.Module):  # a vLLM layer: a weight and the quant_method that processed it
+        def __init__(self, weight):
+            super().__init__()
+            self.weight, self.quant_method = weight, object()
+
+    embed = Layer(torch.nn.Parameter(torch.randn(6, 4)))
+    other, head = Layer(torch.nn.Parameter(torch.randn(6, 4))), Layer(embed.weight)  # head: tied to the embedding
+    norm = torch.nn.LayerNorm(4)  # a weight but no quant_method: nothing to re-process
+    model = torch.nn.ModuleDict(dict(embed=embed, other=other, norm=norm, head=head))
+    assert engine_vllm._sharing_layers(model) == [head]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Installation, versions, bad arguments
 
 

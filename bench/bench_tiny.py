@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started, results, warm = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), [], {}
+    started, results, warm = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), [], {}
     for seed in args.seeds:
         cache = out / f"cache-s{seed}"
         if not args.reuse_cache:

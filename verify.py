@@ -182,6 +182,23 @@ def _last_boxed(text: str) -> str | None:
     return m.group(0) if m and last.group(0) != last.group(0).rstrip() else None
 
 
+def _open_box(text: str) -> bool:
+    """Whether the last \\boxed{ / \\fbox{ never closes: the response was cut off inside its boxed answer, and a
+    number before it (often the same value, half written) must not stand in for it. Braces are counted raw here: a
+    box closed only by a mistyped "\\}" ("\\boxed{25\\}") was finished, not cut off."""
+    last = None
+    for last in _BOX_RE.finditer(text):
+        pass
+    if last is None or text[last.end() : last.end() + 1] != "{" or _braced(text, last.end()) is not None:
+        return False
+    depth = 0
+    for c in text[last.end() :]:
+        depth += {"{": 1, "}": -1}.get(c, 0)
+        if depth == 0:
+            return False
+    return True
+
+
 def _box_spans(text: str) -> list[tuple[int, int, str]]:
     """(start, end, content) of every closed \\boxed{...} / \\fbox{...}, outermost only, in order."""
     out = []
@@ -267,6 +284,8 @@ def _closing_value(text: str) -> tuple[str | None, str]:
     if len(re.findall(r"(?<!\\)\$", text[:cut])) % 2:  # ... starting outside a $...$ span
         cut = text.find("$", cut) + 1
     text = text[cut:]
+    if _DANGLING_RE.search(text):  # "So the answer should be": cut off before its answer, which is not what came before
+        return None, "cut off before the answer"
     stated = [sp for sp in _math_spans(text) if sp[2] and not _negated(text[max(0, sp[0] - 40) : sp[0]])]
     spans = [sp for sp in stated if not _NAME_RE.fullmatch(sp[2])]
     if len(spans) > 1 and _RESTATED_RE.search(text[max(0, spans[-1][0] - 20) : spans[-1][0]]):
@@ -315,6 +334,8 @@ def _extract(text: str, strict: bool, boxed_only: bool) -> tuple[str | None, str
     if marker:
         text = text[: marker.start()]
     boxed = _last_boxed(text)
+    if boxed is None and _open_box(text):  # "... the answer is $\\boxed{3": cut off inside its answer
+        return None, "unclosed box"
     if boxed is not None:
         several = text.count("\\boxed") + text.count("\\fbox") > 1  # one box: nothing to join (and no time spent)
         tail = text[-CLOSING_CHARS:]  # joined boxes end the response: a bounded tail keeps 20,000 boxes cheap
@@ -391,6 +412,9 @@ _DEGREE_RE = re.compile(  # degrees (Celsius and Fahrenheit too: 25^\\circ C) an
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
 _MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*|:(?![A-Z]).*)?")  # "(C) 12", "C", "C. x = 42", "B)", "D: 36"
+_DANGLING_RE = re.compile(  # a response ending on a word or sign that needs what follows it
+    r"(?:(?<![\\a-zA-Z])(?:is|are|be|was|were|equals?|gives?|get|obtain|to|of|the)|[=:+\-*/^(])\s*$"
+)
 _TIME_RE = re.compile(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([aApP])\.?\s*[mM]\.?")
 _NUMBER_WORDS_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s+[a-zA-Z]{3,}(?:\s+[a-zA-Z]+)*")
 
@@ -419,7 +443,8 @@ def _strip_trailing_unit(s: str) -> str:
     if re.fullmatch(r"\s*(?:\^\s*\{?\s*-?\d\s*\}?)?\s*", rest) and re.fullmatch(
         r"[\sa-zA-Z/.^{}\-\d\\,]*[a-zA-Z][\sa-zA-Z/.^{}\-\d\\,]*", unit
     ):
-        if unit.strip() not in ("i", "e", "or", "and") and not unit.strip().startswith("("):
+        clock = re.fullmatch(r"(?i)\s*[ap]\.?\s*m\.?\s*", unit)  # "9:30 \\text{ a.m.}" is a time of day, not a unit
+        if unit.strip() not in ("i", "e", "or", "and") and not unit.strip().startswith("(") and not clock:
             return s[: m.start()].rstrip()
     return s
 
@@ -523,6 +548,8 @@ def _has_words(s: str) -> bool:
     s = re.sub(r"_\{[^{}]*\}|_\w", "", s)  # subscripts are parts of names: S_{MBCN}, V_{ABC}
     s = re.sub(r"^[\sa-zA-Z\\{}|:()]*=", "", s)  # a label "\\angle ABC =" names the value, it is not a word answer
     bare = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}|\\[a-zA-Z]+", " ", s)
+    if re.fullmatch(r"(?i)[\s{}]*no[\s{}.]*", bare):  # the answer "no" (of a yes/no question), not the product n*o
+        return True
     return any(re.search(r"[aeiou]", w) or w.isupper() for w in _WORD_RE.findall(bare))
 
 
@@ -1794,6 +1821,17 @@ def _variants(raw: str, node: tuple, marks: str, pred: bool) -> list:
     return out + [comma] if comma is not None else out
 
 
+def _same_clock(np_: str, ng: str) -> bool | None:
+    """Whether a predicted time of day ("time 15:45", from "3:45 PM") shows a bare gold clock reading ("3:45"): same
+    hour on a 12-hour clock, same minutes. One way only: a bare prediction "4:30" leaves out the a.m./p.m. that a gold
+    "4:30 p.m." asks for. None unless the prediction is a time of day and the gold a bare H:MM."""
+    t = re.fullmatch(r"time (\d+):(\d\d)", np_)
+    b = re.fullmatch(r"(\d{1,2}):(\d\d)", ng)
+    if not (t and b):
+        return None
+    return int(t.group(1)) % 12 == int(b.group(1)) % 12 and t.group(2) == b.group(2)
+
+
 def _decide(pred: str, gold: str) -> tuple[bool, str]:
     """(verdict, reason) for two bare answers; never raises."""
     if pred is None or gold is None:
@@ -1822,6 +1860,9 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
         if option:  # a prediction "(D) 6" against a gold value: the option's value
             ok, why = _decide(option[1], gold)
             return ok, f"the predicted option's value: {why}"
+        clock = _same_clock(np_, ng)
+        if clock is not None:
+            return clock, "same time of day" if clock else "different time of day"
         if _has_words(ng) or _has_words(np_):
             same = _text_key(np_) == _text_key(ng)
             return (True, "same words") if same else (False, "different words")

@@ -651,6 +651,22 @@ RESPONSES = [
     ("So $n = 12$.<｜end▁of▁sentence｜>Then n = 13", "12", True),
     ("So $n = 12$.\n\nHuman: and 13?", "13", False),
     ("The sum is $\\boxed{9}$.<|im_end|><|im_start|>user\nWrong, it is \\boxed{8}", "8", False),
+    # a response cut off inside its box, or right before its answer, has no answer (the number before is not it)
+    ("We get $x = 3$. Thus the answer is $\\boxed{3", "3", False),
+    ("We get $x = 3$. Thus the answer is $\\boxed{3}$", "3", True),
+    ("So the count is \\boxed{25\\}", "25", True),  # a mistyped \\} closed it: not cut off
+    ("<think>2 + 2 is 4, so the answer should be", "4", False),
+    ("<think>2 + 2 is 4, so the answer should be 4", "4", True),
+    ("The sum is $3 + 4 =", "7", False),
+    ("The sum is $3 + 4 = 7$", "7", True),
+    # yes/no answers in words
+    ("So no such integer exists. The answer is no.", "No", True),
+    ("So no such integer exists. The answer is no.", "Yes", False),
+    # a predicted time of day against a bare gold clock reading
+    ("The train leaves at $\\boxed{3:45 \\text{ PM}}$.", "3:45", True),
+    ("The train leaves at $\\boxed{3:54 \\text{ PM}}$.", "3:45", False),
+    ("She wakes at $\\boxed{\\text{9:30 a.m.}}$.", "9:30\\text{ a.m.}", True),
+    ("She wakes at $\\boxed{\\text{9:30 p.m.}}$.", "9:30\\text{ a.m.}", False),
 ]
 
 

@@ -121,7 +121,8 @@ class _ParseError(Exception):
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
 _PHRASE_RE = re.compile(
     r"(?im)(?:\b(?:final answer|the answer|the correct (?:answer|option|choice))(?:\s+is\b\s*:?|\s*:)"
-    r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
+    r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**"
+    r"|^[ \t]*####(?=[ \t]*\$?-?\d[\d,.]*\$?\s*\Z))[ \t]*"  # GSM8K's closing "#### 18" (not a "#### 1" heading)
 )
 _LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+|(?::\d+)+)?")  # 3/4, 2:5
 _CHAT_MARKER_RE = re.compile(  # the end of the model's turn: ChatML, Llama 3, DeepSeek's <｜end▁of▁sentence｜>
@@ -385,7 +386,8 @@ _UNITS = (
     r"(?:sq(?:uare|\.)?\s*|cubic\s*)?(?:units?|cm|mm|km|meters?|metres?|centimeters?|kilometers?|inch(?:es)?|feet|foot|"
     r"ft|yards?|yd|miles?|mph|seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?|dollars?|cents?|"
     r"degrees?|radians?|kg|grams?|pounds?|lbs?|ounces?|oz|liters?|litres?|ml|gallons?|cups?|people|students|ways|"
-    r"times|points|percent|units|meters\s*per\s*second|m/s|km/h|cm/s)"
+    r"times|points|percent|units|meters\s*per\s*second|m/s|km/h|cm/s|"
+    r"[kMG]?eV|kJ|kW|[kMG]?Hz|nm|k?Pa|mol|atm)"  # physics units of several letters (Minerva); one letter ("3 m") is 3m
 )
 _UNIT_TEXT_RE = re.compile(
     r"\\(?:" + _TEXT_CMDS + r")\s*\{\s*" + _UNITS + r"\s*\.?\s*\}(?:\s*\^\s*\{?\s*-?[123]\s*\}?)?"
@@ -493,6 +495,7 @@ def _normalize(s: str) -> tuple[str, bool]:
             break
     unitless = _UNIT_TAIL_RE.sub("", s).strip()
     s = unitless or s
+    s = _RANGE_QUALIFIER_RE.sub("", s).strip() or s
     s = _QUALIFIER_RE.sub("", s).strip() or s  # "k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}": the family
     if s.startswith("\\{") and not s.endswith("\\}") and re.match(r"\\\{\s*\\begin\{(?:array|cases)\}", s):
         s = s[2:]  # a system "\\left\\{\\begin{array}...\\end{array}\\right.": its rows
@@ -522,8 +525,11 @@ def _normalize(s: str) -> tuple[str, bool]:
 
 
 _QUALIFIER_RE = re.compile(
-    r"[,;]?\s*\(?\s*(?:(?:where|for|with|and)\s+)?[a-zA-Z](?:\s*,\s*[a-zA-Z])*\s*\\in\s*\\mathbb\s*\{?[ZNQ]\}?"
-    r"(?:\^\{?[+*]\}?|_\{?\+\}?)?\s*\)?\s*$"
+    r"[,;]?\s*\(?\s*(?:(?:where|for|with|and)\s+)?(?<![\\a-zA-Z])[a-zA-Z](?:\s*,\s*[a-zA-Z])*"  # k, not the i of \\pi
+    r"\s*\\in\s*\\mathbb\s*\{?[ZNQ]\}?(?:\^\{?[+*]\}?|_\{?\+\}?)?\s*\)?\s*$"
+)
+_RANGE_QUALIFIER_RE = re.compile(  # "2^k for k \\geq 0", "n^2, where n > 1": an index's range; the word is needed
+    r"(?:,\s*|\s+)\(?(?:where|for)\s+[a-zA-Z]\s*(?:\\geq?|\\geqslant|>)\s*-?\d+\s*\)?\s*$"
 )
 _DEG = r"\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)"
 _TRIG_DEGREES_RE = re.compile(

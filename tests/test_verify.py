@@ -277,6 +277,12 @@ EQUAL = [
     ("0.3333333", "\\frac13"),
     ("\\pi", "3.14159265"),  # a gold decimal states the precision asked for
     ("\\sqrt{2}", "1.4142136"),
+    # an integer-index qualifier after \\pi (the i of \\pi is no variable), an index's range after "for"/"where"
+    ("x = \\frac{\\pi}{4} + k\\pi, k \\in \\mathbb{Z}", "\\frac{\\pi}{4}+k\\pi"),
+    ("n = 2^k \\text{ for } k \\geq 0", "2^k"),
+    # physics units of several letters after a number
+    ("0.25 eV", "0.25"),
+    ("500 nm", "500"),
 ]
 
 NOT_EQUAL = [
@@ -449,6 +455,11 @@ NOT_EQUAL = [
     ("(x-3)^{1/3}", "\\sqrt[3]{x+3}"),
     ("(-8)^{2/3}", "-4"),
     ("\\sqrt{2}\\sqrt[3]{2}", "2^{6/5}"),
+    ("x = \\frac{\\pi}{4} + 2k\\pi, k \\in \\mathbb{Z}", "\\frac{\\pi}{4}+k\\pi"),
+    ("n = 3^k \\text{ for } k \\geq 0", "2^k"),
+    ("a + b > 0", "a"),  # a range qualifier needs its "for": this inequality is the answer
+    ("0.52 eV", "0.25"),
+    ("3nm", "3mn"),
     # empty and malformed
     ("", "5"),
     ("5", ""),
@@ -659,6 +670,11 @@ RESPONSES = [
     ("<think>2 + 2 is 4, so the answer should be 4", "4", True),
     ("The sum is $3 + 4 =", "7", False),
     ("The sum is $3 + 4 = 7$", "7", True),
+    # GSM8K's closing "#### 18" line is the answer; a "#### Step 1" heading is not
+    ("She sells 9 eggs for 9 * $2 = $18.\n#### 18", "18", True),
+    ("She sells 9 eggs for 9 * $2 = $18.\n#### 18", "9", False),
+    ("#### Step 1\nWe get 5 apples, so $x=5$.", "5", True),
+    ("#### 1\nWe get 5 apples, so $x=5$.", "1", False),
     # yes/no answers in words
     ("So no such integer exists. The answer is no.", "No", True),
     ("So no such integer exists. The answer is no.", "Yes", False),

@@ -16,7 +16,9 @@ Extraction (extract_answer): the last \\boxed{}, joined with the boxes just befo
 them ("\\boxed{1}, \\boxed{2}" is the answer "1, 2"); with no box, <answer> tags, "the answer is ...", then the closing
 value: the last math span ($...$, \\(...\\), \\[...\\], $$...$$; several joined by "and"/","), or a number stated after
 it ("the largest $n$ is 34."); a denied value ("it isn't 42") is no answer, and text after a chat-template marker
-(<|im_start|>) is not part of the response. boxed_only (the papers' protocol) takes the last box alone.
+(<|im_start|>) is not part of the response. GSM8K's closing "#### 18" is an answer phrase. A response cut off inside
+its last box or right before its answer ("... the answer should be") has no answer. boxed_only (the papers' protocol)
+takes the last box alone.
 
 How is_equivalent decides, cheapest step first. A step may only say "equal" when it is sure; when unsure the answer is
 False, because a false positive is the error RL learns to exploit.
@@ -24,10 +26,12 @@ False, because a false positive is the error RL learns to exploit.
     (\\, \\! \\; \\quad ~), \\text{}/\\textbf{}/\\mbox{} wrappers, units (cm, inches, \\mbox{ cm}^2, \\mathrm{~m/s}),
     ^\\circ/degrees, percent, thousands separators ("1,000" and "10,\\!080", but "1,2" and "1, 234" stay lists; a
     predicted "2,74" or "0,111" may also be a decimal comma), trailing periods and stray backslashes, "or"/"and"
-    separators, √12, set-builder {x | x > 2}, an index qualifier ", k \\in \\mathbb{Z}".
+    separators, √12, set-builder {x | x > 2}, an index qualifier ", k \\in \\mathbb{Z}" or range "for k \\geq 0",
+    physics units of several letters after a number (eV, nm, Hz, kPa, mol).
  2. Identical normalised strings are equal. Multiple-choice letters ("\\text{(C)}" vs "C") and word answers
     ("\\text{Evelyn}") are compared as letters / lower-cased words and never reach the maths ("C. x = 42" is C; a
-    predicted "(D) 6" against a gold 6 is its value).
+    predicted "(D) 6" against a gold 6 is its value; "no" is a word). A predicted time of day "3:45 PM" matches a
+    bare gold "3:45" (12-hour clock); a bare "4:30" does not match a gold "4:30 p.m.".
  3. Parse LaTeX (or plain text like "sqrt(2)/2") with the small recursive-descent parser below into a tree of tuples.
     No sympy or antlr parsing: it is slow, and its silent mis-parses are a source of false positives.
  4. Compare trees: tuples/points ordered, sets and comma lists unordered, intervals with their bracket types, unions of

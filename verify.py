@@ -16,9 +16,9 @@ Extraction (extract_answer): the last \\boxed{}, joined with the boxes just befo
 them ("\\boxed{1}, \\boxed{2}" is the answer "1, 2"); with no box, <answer> tags, "the answer is ...", then the closing
 value: the last math span ($...$, \\(...\\), \\[...\\], $$...$$; several joined by "and"/","), or a number stated after
 it ("the largest $n$ is 34."); a denied value ("it isn't 42") is no answer, and text after a chat-template marker
-(<|im_start|>) is not part of the response. GSM8K's closing "#### 18" is an answer phrase. A response cut off inside
-its last box or right before its answer ("... the answer should be") has no answer. boxed_only (the papers' protocol)
-takes the last box alone.
+(<|im_start|>) is not part of the response. GSM8K's closing "#### 18" and PRM800K's "# Answer" heading over a bare
+answer are answer phrases. A response cut off inside its last box or right before its answer ("... the answer should
+be") has no answer. boxed_only (the papers' protocol) takes the last box alone.
 
 How is_equivalent decides, cheapest step first. A step may only say "equal" when it is sure; when unsure the answer is
 False, because a false positive is the error RL learns to exploit.
@@ -126,6 +126,9 @@ _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
 _PHRASE_RE = re.compile(
     r"(?im)(?:\b(?:final answer|the answer|the correct (?:answer|option|choice))(?:\s+is\b\s*:?|\s*:)"
     r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**"
+    # PRM800K's "# Answer" heading with a bare answer on the line below (a sentence there is left to the closing value)
+    r"|^[ \t]*#+[ \t]*(?:final[ \t]+)?answer[ \t]*:?[ \t]*\n\s*"
+    r"(?=(?:[^a-zA-Z\n]|\\[a-zA-Z]+|(?<![a-zA-Z])[a-zA-Z]{1,2}(?![a-zA-Z]))+$)"
     r"|^[ \t]*####(?=[ \t]*\$?-?\d[\d,.]*\$?\s*\Z))[ \t]*"  # GSM8K's closing "#### 18" (not a "#### 1" heading)
 )
 _LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+|(?::\d+)+)?")  # 3/4, 2:5
@@ -147,7 +150,8 @@ _NAME_RE = re.compile(_NAME + r"(?:\s*(?:[=<>]|\\[lg]eq?)\s*" + _NAME + ")*")  #
 _STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total(?: of)?)|[=:])\s*$")  # "... is 34"
 _RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "..., about 0.42"
 _NEGATION_RE = re.compile(
-    r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$",
+    r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=|\bimpossible\s+for\s+[^.]{1,20}?\s+to(?=\s+(?:be|equal)\b))"
+    r"\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$",
     re.I,
 )
 
@@ -419,7 +423,8 @@ _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
 _MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*|:(?![A-Z]).*)?")  # "(C) 12", "C", "C. x = 42", "B)", "D: 36"
 _DANGLING_RE = re.compile(  # a response ending on a word or sign that needs what follows it
-    r"(?:(?<![\\a-zA-Z])(?:is|are|be|was|were|equals?|gives?|get|obtain|to|of|the)|[=:+\-*/^(])\s*$"
+    r"(?:(?<![\\a-zA-Z])(?:is|are|be|was|were|equals?|gives?|get|obtain|to|of|the|by|and|then|times|plus|minus)"
+    r"|[=:+\-*/^(])\s*$"
 )
 _TIME_RE = re.compile(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([aApP])\.?\s*[mM]\.?")
 _NUMBER_WORDS_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s+[a-zA-Z]{3,}(?:\s+[a-zA-Z]+)*")

@@ -675,6 +675,17 @@ RESPONSES = [
     ("She sells 9 eggs for 9 * $2 = $18.\n#### 18", "9", False),
     ("#### Step 1\nWe get 5 apples, so $x=5$.", "5", True),
     ("#### 1\nWe get 5 apples, so $x=5$.", "1", False),
+    # PRM800K's "# Answer" heading with the bare answer below it; a sentence below it is left to the closing value
+    ("So we have $x = 5$.\n\n# Answer\n\n6", "6", True),
+    ("So we have $x = 5$.\n\n# Answer\n\n6", "5", False),
+    ("# Answer\n\n(2, 3)", "(2,3)", True),
+    ("# Answer\n\n(2, 3)", "(3,2)", False),
+    ("### Final Answer\n\nThe number of ways is $12$.", "12", True),
+    # "impossible for ... to be" denies; a response ending on "by" / "and" was cut off
+    ("Therefore, it is impossible for $n$ to be $3$.", "3", False),
+    ("Therefore, it is possible for $n$ to be $3$.", "3", True),
+    ("So $3 \\times 7 = 21$, and then multiply by", "21", False),
+    ("So $3 \\times 7 = 21$, and then multiply by 2 to get $42$.", "42", True),
     # yes/no answers in words
     ("So no such integer exists. The answer is no.", "No", True),
     ("So no such integer exists. The answer is no.", "Yes", False),

@@ -1869,6 +1869,9 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
         if option:  # gold "(B) 4": the letter, or the option's value
             if _mc_letters(np_, pred=True) == {option[0]}:
                 return True, "same choice letter"
+            theirs = _option(np_)
+            if theirs and theirs[0] != option[0]:  # "(B) 17" vs "(A) 17": another option, whatever its value says
+                return False, f"choice {option[0]} expected, not {theirs[0]}"
             ok, why = _decide(pred, option[1])
             return ok, f"against the option's value: {why}"
         option = _option(np_)

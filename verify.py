@@ -502,6 +502,8 @@ def _normalize(s: str) -> tuple[str, bool]:
         s, n = _TEXT_WRAP_RE.subn(r"\1", s)
         if not n:
             break
+    # a box that repeats the phrase, "\\boxed{\\text{The answer is } 12}": what follows it
+    s = re.sub(r"(?i)^\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is\b\s*:?|:)\s*(?=\S)", "", s)
     unitless = _UNIT_TAIL_RE.sub("", s).strip()
     s = unitless or s
     s = _RANGE_QUALIFIER_RE.sub("", s).strip() or s

@@ -282,6 +282,7 @@ EQUAL = [
     ("n = 2^k \\text{ for } k \\geq 0", "2^k"),
     # physics units of several letters after a number
     ("0.25 eV", "0.25"),
+    ("\\text{The answer is } 12", "12"),  # a box that repeats the answer phrase
     ("\\textbf{(B)}\\ 17", "\\textbf{(B) }17"),
     ("500 nm", "500"),
 ]
@@ -460,6 +461,7 @@ NOT_EQUAL = [
     ("n = 3^k \\text{ for } k \\geq 0", "2^k"),
     ("a + b > 0", "a"),  # a range qualifier needs its "for": this inequality is the answer
     ("0.52 eV", "0.25"),
+    ("\\text{The answer is } 21", "12"),
     ("\\textbf{(B)}\\ 17", "\\textbf{(A) }17"),  # a predicted option names its letter: another letter is wrong
     ("3nm", "3mn"),
     # empty and malformed

@@ -27,7 +27,8 @@ False, because a false positive is the error RL learns to exploit.
     ^\\circ/degrees, percent, thousands separators ("1,000" and "10,\\!080", but "1,2" and "1, 234" stay lists; a
     predicted "2,74" or "0,111" may also be a decimal comma), trailing periods and stray backslashes, "or"/"and"
     separators, √12, set-builder {x | x > 2}, an index qualifier ", k \\in \\mathbb{Z}" or range "for k \\geq 0",
-    physics units of several letters after a number (eV, nm, Hz, kPa, mol).
+    physics units of several letters after a number (eV, nm, Hz, kPa, mol), an interval less one inner point (its
+    two halves).
  2. Identical normalised strings are equal. Multiple-choice letters ("\\text{(C)}" vs "C") and word answers
     ("\\text{Evelyn}") are compared as letters / lower-cased words and never reach the maths ("C. x = 42" is C; a
     predicted "(D) 6" against a gold 6 is its value; "no" is a word). A predicted time of day "3:45 PM" matches a
@@ -522,6 +523,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r" ?([^\w\s\\]) ?", r"\1", s)  # spaces next to symbols carry no meaning
     if re.fullmatch(r"(?i)(?:the set of )?all real numbers|every real number|\\mathbb\{R\}", s):
         s = "(-\\infty,\\infty)"  # the reals in words
+    s = _punctured(s) or s
     m = re.fullmatch(r"\\\{\s*[a-zA-Z]\s*(?:\\mid|\||:)(.+)\\\}", s)
     if m:  # set-builder notation: {x | x > 2} is the set its condition describes
         s = m.group(1)
@@ -548,6 +550,35 @@ _TRIG_DEGREES_RE = re.compile(
     r"(?:\(\s*(\d+(?:\.\d+)?)" + _DEG + r"\s*\)|(\d+(?:\.\d+)?)" + _DEG + ")"  # (30^\\circ) or 30^\\circ
 )
 _THOUSANDS = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"  # 1,000 and 12,345.5 (never 0,111 nor 1000,99)
+
+
+_PUNCTURED_RE = re.compile(  # "(0,2) \\setminus \\{1\\}", "\\mathbb{R}\\setminus\\{0\\}": an interval less one point
+    r"(?:\\mathbb\{R\}|([(\[])([^(),\[\]]+),([^(),\[\]]+)([)\]]))\s*(?:\\setminus|\\backslash|-)\s*\\\{([^{},]+)\\\}"
+)
+
+
+def _punctured(s: str) -> str | None:
+    """An interval less one point inside it, as the union of its two halves: "(0,2)\\setminus\\{1\\}" is
+    "(0,1)\\cup(1,2)" and "\\mathbb{R}\\setminus\\{0\\}" is "(-\\infty,0)\\cup(0,\\infty)". None unless the whole answer
+    is such a difference and the point (a number) lies strictly inside the interval: "(0,2)\\setminus\\{5\\}" is
+    left alone."""
+    m = _PUNCTURED_RE.fullmatch(s)
+    if not m:
+        return None
+    opener, lo, hi, closer, point = m.groups()
+    if opener is None:
+        opener, lo, hi, closer = "(", "-\\infty", "\\infty", ")"
+    lo, hi, point = lo.strip(), hi.strip(), point.strip()
+
+    def value(x: str):  # a plain number or an infinity; None for anything else (then nothing is rewritten)
+        if re.fullmatch(r"[+-]?\\infty", x):
+            return float("-inf") if x.startswith("-") else float("inf")
+        return Fraction(x) if re.fullmatch(r"-?\d+(?:\.\d+)?(?:/\d+)?", x) else None
+
+    lo_v, c, hi_v = value(lo), value(point), value(hi)
+    if lo_v is None or hi_v is None or not isinstance(c, Fraction) or not lo_v < c < hi_v:
+        return None
+    return f"{opener}{lo},{point})\\cup({point},{hi}{closer}"
 
 
 def _decimal_comma(s: str) -> tuple | None:

@@ -283,6 +283,10 @@ EQUAL = [
     # physics units of several letters after a number
     ("0.25 eV", "0.25"),
     ("\\text{The answer is } 12", "12"),  # a box that repeats the answer phrase
+    # an interval less one point inside it is the union of its halves
+    ("(0, 1) \\cup (1, 2)", "(0,2)\\setminus\\{1\\}"),
+    ("\\mathbb{R} \\setminus \\{0\\}", "(-\\infty,0)\\cup(0,\\infty)"),
+    ("[0,2]\\setminus\\{1\\}", "[0,1)\\cup(1,2]"),
     ("\\textbf{(B)}\\ 17", "\\textbf{(B) }17"),
     ("500 nm", "500"),
 ]
@@ -462,6 +466,10 @@ NOT_EQUAL = [
     ("a + b > 0", "a"),  # a range qualifier needs its "for": this inequality is the answer
     ("0.52 eV", "0.25"),
     ("\\text{The answer is } 21", "12"),
+    ("(0, 1) \\cup (1, 3)", "(0,2)\\setminus\\{1\\}"),
+    ("\\mathbb{R} \\setminus \\{1\\}", "(-\\infty,0)\\cup(0,\\infty)"),
+    ("[0,2]\\setminus\\{1\\}", "[0,1]\\cup[1,2]"),
+    ("(0,2)\\setminus\\{5\\}", "(0,5)\\cup(5,2)"),  # a point outside: no halves
     ("\\textbf{(B)}\\ 17", "\\textbf{(A) }17"),  # a predicted option names its letter: another letter is wrong
     ("3nm", "3mn"),
     # empty and malformed

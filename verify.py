@@ -16,7 +16,9 @@ Extraction (extract_answer): the last \\boxed{}, joined with the boxes just befo
 them ("\\boxed{1}, \\boxed{2}" is the answer "1, 2"); with no box, <answer> tags, "the answer is ...", then the closing
 value: the last math span ($...$, \\(...\\), \\[...\\], $$...$$; several joined by "and"/","), or a number stated after
 it ("the largest $n$ is 34."); a denied value ("it isn't 42") is no answer, and text after a chat-template marker
-(<|im_start|>) is not part of the response. boxed_only (the papers' protocol) takes the last box alone.
+(<|im_start|>) is not part of the response. GSM8K's closing "#### 18" and PRM800K's "# Answer" heading over a bare
+answer are answer phrases. A response cut off inside its last box or right before its answer ("... the answer should
+be") has no answer. boxed_only (the papers' protocol) takes the last box alone.
 
 How is_equivalent decides, cheapest step first. A step may only say "equal" when it is sure; when unsure the answer is
 False, because a false positive is the error RL learns to exploit.
@@ -24,10 +26,13 @@ False, because a false positive is the error RL learns to exploit.
     (\\, \\! \\; \\quad ~), \\text{}/\\textbf{}/\\mbox{} wrappers, units (cm, inches, \\mbox{ cm}^2, \\mathrm{~m/s}),
     ^\\circ/degrees, percent, thousands separators ("1,000" and "10,\\!080", but "1,2" and "1, 234" stay lists; a
     predicted "2,74" or "0,111" may also be a decimal comma), trailing periods and stray backslashes, "or"/"and"
-    separators, √12, set-builder {x | x > 2}, an index qualifier ", k \\in \\mathbb{Z}".
+    separators, √12, set-builder {x | x > 2}, an index qualifier ", k \\in \\mathbb{Z}" or range "for k \\geq 0",
+    physics units of several letters after a number (eV, nm, Hz, kPa, mol), an interval less one inner point (its
+    two halves).
  2. Identical normalised strings are equal. Multiple-choice letters ("\\text{(C)}" vs "C") and word answers
     ("\\text{Evelyn}") are compared as letters / lower-cased words and never reach the maths ("C. x = 42" is C; a
-    predicted "(D) 6" against a gold 6 is its value).
+    predicted "(D) 6" against a gold 6 is its value; "no" is a word). A predicted time of day "3:45 PM" matches a
+    bare gold "3:45" (12-hour clock); a bare "4:30" does not match a gold "4:30 p.m.".
  3. Parse LaTeX (or plain text like "sqrt(2)/2") with the small recursive-descent parser below into a tree of tuples.
     No sympy or antlr parsing: it is slow, and its silent mis-parses are a source of false positives.
  4. Compare trees: tuples/points ordered, sets and comma lists unordered, intervals with their bracket types, unions of
@@ -121,7 +126,11 @@ class _ParseError(Exception):
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
 _PHRASE_RE = re.compile(
     r"(?im)(?:\b(?:final answer|the answer|the correct (?:answer|option|choice))(?:\s+is\b\s*:?|\s*:)"
-    r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**)[ \t]*"
+    r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**"
+    # PRM800K's "# Answer" heading with a bare answer on the line below (a sentence there is left to the closing value)
+    r"|^[ \t]*#+[ \t]*(?:final[ \t]+)?answer[ \t]*:?[ \t]*\n\s*"
+    r"(?=(?:[^a-zA-Z\n]|\\[a-zA-Z]+|(?<![a-zA-Z])[a-zA-Z]{1,2}(?![a-zA-Z]))+$)"
+    r"|^[ \t]*####(?=[ \t]*\$?-?\d[\d,.]*\$?\s*\Z))[ \t]*"  # GSM8K's closing "#### 18" (not a "#### 1" heading)
 )
 _LAST_NUMBER_RE = re.compile(r"(?:(?<=[\s=(\[$:])-|^-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+|(?::\d+)+)?")  # 3/4, 2:5
 _CHAT_MARKER_RE = re.compile(  # the end of the model's turn: ChatML, Llama 3, DeepSeek's <｜end▁of▁sentence｜>
@@ -142,7 +151,8 @@ _NAME_RE = re.compile(_NAME + r"(?:\s*(?:[=<>]|\\[lg]eq?)\s*" + _NAME + ")*")  #
 _STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total(?: of)?)|[=:])\s*$")  # "... is 34"
 _RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "..., about 0.42"
 _NEGATION_RE = re.compile(
-    r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=)\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$",
+    r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=|\bimpossible\s+for\s+[^.]{1,20}?\s+to(?=\s+(?:be|equal)\b))"
+    r"\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$",
     re.I,
 )
 
@@ -180,6 +190,23 @@ def _last_boxed(text: str) -> str | None:
         return None if group is None else group[0].strip()
     m = re.match(r"[^\s$]+", text[start:])
     return m.group(0) if m and last.group(0) != last.group(0).rstrip() else None
+
+
+def _open_box(text: str) -> bool:
+    """Whether the last \\boxed{ / \\fbox{ never closes: the response was cut off inside its boxed answer, and a
+    number before it (often the same value, half written) must not stand in for it. Braces are counted raw here: a
+    box closed only by a mistyped "\\}" ("\\boxed{25\\}") was finished, not cut off."""
+    last = None
+    for last in _BOX_RE.finditer(text):
+        pass
+    if last is None or text[last.end() : last.end() + 1] != "{" or _braced(text, last.end()) is not None:
+        return False
+    depth = 0
+    for c in text[last.end() :]:
+        depth += {"{": 1, "}": -1}.get(c, 0)
+        if depth == 0:
+            return False
+    return True
 
 
 def _box_spans(text: str) -> list[tuple[int, int, str]]:
@@ -267,6 +294,8 @@ def _closing_value(text: str) -> tuple[str | None, str]:
     if len(re.findall(r"(?<!\\)\$", text[:cut])) % 2:  # ... starting outside a $...$ span
         cut = text.find("$", cut) + 1
     text = text[cut:]
+    if _DANGLING_RE.search(text):  # "So the answer should be": cut off before its answer, which is not what came before
+        return None, "cut off before the answer"
     stated = [sp for sp in _math_spans(text) if sp[2] and not _negated(text[max(0, sp[0] - 40) : sp[0]])]
     spans = [sp for sp in stated if not _NAME_RE.fullmatch(sp[2])]
     if len(spans) > 1 and _RESTATED_RE.search(text[max(0, spans[-1][0] - 20) : spans[-1][0]]):
@@ -315,6 +344,8 @@ def _extract(text: str, strict: bool, boxed_only: bool) -> tuple[str | None, str
     if marker:
         text = text[: marker.start()]
     boxed = _last_boxed(text)
+    if boxed is None and _open_box(text):  # "... the answer is $\\boxed{3": cut off inside its answer
+        return None, "unclosed box"
     if boxed is not None:
         several = text.count("\\boxed") + text.count("\\fbox") > 1  # one box: nothing to join (and no time spent)
         tail = text[-CLOSING_CHARS:]  # joined boxes end the response: a bounded tail keeps 20,000 boxes cheap
@@ -364,7 +395,8 @@ _UNITS = (
     r"(?:sq(?:uare|\.)?\s*|cubic\s*)?(?:units?|cm|mm|km|meters?|metres?|centimeters?|kilometers?|inch(?:es)?|feet|foot|"
     r"ft|yards?|yd|miles?|mph|seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?|dollars?|cents?|"
     r"degrees?|radians?|kg|grams?|pounds?|lbs?|ounces?|oz|liters?|litres?|ml|gallons?|cups?|people|students|ways|"
-    r"times|points|percent|units|meters\s*per\s*second|m/s|km/h|cm/s)"
+    r"times|points|percent|units|meters\s*per\s*second|m/s|km/h|cm/s|"
+    r"[kMG]?eV|kJ|kW|[kMG]?Hz|nm|k?Pa|mol|atm)"  # physics units of several letters (Minerva); one letter ("3 m") is 3m
 )
 _UNIT_TEXT_RE = re.compile(
     r"\\(?:" + _TEXT_CMDS + r")\s*\{\s*" + _UNITS + r"\s*\.?\s*\}(?:\s*\^\s*\{?\s*-?[123]\s*\}?)?"
@@ -391,6 +423,10 @@ _DEGREE_RE = re.compile(  # degrees (Celsius and Fahrenheit too: 25^\\circ C) an
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
 _MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
 _MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*|:(?![A-Z]).*)?")  # "(C) 12", "C", "C. x = 42", "B)", "D: 36"
+_DANGLING_RE = re.compile(  # a response ending on a word or sign that needs what follows it
+    r"(?:(?<![\\a-zA-Z])(?:is|are|be|was|were|equals?|gives?|get|obtain|to|of|the|by|and|then|times|plus|minus)"
+    r"|[=:+\-*/^(])\s*$"
+)
 _TIME_RE = re.compile(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([aApP])\.?\s*[mM]\.?")
 _NUMBER_WORDS_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s+[a-zA-Z]{3,}(?:\s+[a-zA-Z]+)*")
 
@@ -419,7 +455,8 @@ def _strip_trailing_unit(s: str) -> str:
     if re.fullmatch(r"\s*(?:\^\s*\{?\s*-?\d\s*\}?)?\s*", rest) and re.fullmatch(
         r"[\sa-zA-Z/.^{}\-\d\\,]*[a-zA-Z][\sa-zA-Z/.^{}\-\d\\,]*", unit
     ):
-        if unit.strip() not in ("i", "e", "or", "and") and not unit.strip().startswith("("):
+        clock = re.fullmatch(r"(?i)\s*[ap]\.?\s*m\.?\s*", unit)  # "9:30 \\text{ a.m.}" is a time of day, not a unit
+        if unit.strip() not in ("i", "e", "or", "and") and not unit.strip().startswith("(") and not clock:
             return s[: m.start()].rstrip()
     return s
 
@@ -466,8 +503,11 @@ def _normalize(s: str) -> tuple[str, bool]:
         s, n = _TEXT_WRAP_RE.subn(r"\1", s)
         if not n:
             break
+    # a box that repeats the phrase, "\\boxed{\\text{The answer is } 12}": what follows it
+    s = re.sub(r"(?i)^\s*(?:the\s+)?(?:final\s+)?answer\s*(?:is\b\s*:?|:)\s*(?=\S)", "", s)
     unitless = _UNIT_TAIL_RE.sub("", s).strip()
     s = unitless or s
+    s = _RANGE_QUALIFIER_RE.sub("", s).strip() or s
     s = _QUALIFIER_RE.sub("", s).strip() or s  # "k\\pi + \\frac{\\pi}{4}, k \\in \\mathbb{Z}": the family
     if s.startswith("\\{") and not s.endswith("\\}") and re.match(r"\\\{\s*\\begin\{(?:array|cases)\}", s):
         s = s[2:]  # a system "\\left\\{\\begin{array}...\\end{array}\\right.": its rows
@@ -483,6 +523,7 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r" ?([^\w\s\\]) ?", r"\1", s)  # spaces next to symbols carry no meaning
     if re.fullmatch(r"(?i)(?:the set of )?all real numbers|every real number|\\mathbb\{R\}", s):
         s = "(-\\infty,\\infty)"  # the reals in words
+    s = _punctured(s) or s
     m = re.fullmatch(r"\\\{\s*[a-zA-Z]\s*(?:\\mid|\||:)(.+)\\\}", s)
     if m:  # set-builder notation: {x | x > 2} is the set its condition describes
         s = m.group(1)
@@ -497,8 +538,11 @@ def _normalize(s: str) -> tuple[str, bool]:
 
 
 _QUALIFIER_RE = re.compile(
-    r"[,;]?\s*\(?\s*(?:(?:where|for|with|and)\s+)?[a-zA-Z](?:\s*,\s*[a-zA-Z])*\s*\\in\s*\\mathbb\s*\{?[ZNQ]\}?"
-    r"(?:\^\{?[+*]\}?|_\{?\+\}?)?\s*\)?\s*$"
+    r"[,;]?\s*\(?\s*(?:(?:where|for|with|and)\s+)?(?<![\\a-zA-Z])[a-zA-Z](?:\s*,\s*[a-zA-Z])*"  # k, not the i of \\pi
+    r"\s*\\in\s*\\mathbb\s*\{?[ZNQ]\}?(?:\^\{?[+*]\}?|_\{?\+\}?)?\s*\)?\s*$"
+)
+_RANGE_QUALIFIER_RE = re.compile(  # "2^k for k \\geq 0", "n^2, where n > 1": an index's range; the word is needed
+    r"(?:,\s*|\s+)\(?(?:where|for)\s+[a-zA-Z]\s*(?:\\geq?|\\geqslant|>)\s*-?\d+\s*\)?\s*$"
 )
 _DEG = r"\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)"
 _TRIG_DEGREES_RE = re.compile(
@@ -506,6 +550,35 @@ _TRIG_DEGREES_RE = re.compile(
     r"(?:\(\s*(\d+(?:\.\d+)?)" + _DEG + r"\s*\)|(\d+(?:\.\d+)?)" + _DEG + ")"  # (30^\\circ) or 30^\\circ
 )
 _THOUSANDS = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"  # 1,000 and 12,345.5 (never 0,111 nor 1000,99)
+
+
+_PUNCTURED_RE = re.compile(  # "(0,2) \\setminus \\{1\\}", "\\mathbb{R}\\setminus\\{0\\}": an interval less one point
+    r"(?:\\mathbb\{R\}|([(\[])([^(),\[\]]+),([^(),\[\]]+)([)\]]))\s*(?:\\setminus|\\backslash|-)\s*\\\{([^{},]+)\\\}"
+)
+
+
+def _punctured(s: str) -> str | None:
+    """An interval less one point inside it, as the union of its two halves: "(0,2)\\setminus\\{1\\}" is
+    "(0,1)\\cup(1,2)" and "\\mathbb{R}\\setminus\\{0\\}" is "(-\\infty,0)\\cup(0,\\infty)". None unless the whole answer
+    is such a difference and the point (a number) lies strictly inside the interval: "(0,2)\\setminus\\{5\\}" is
+    left alone."""
+    m = _PUNCTURED_RE.fullmatch(s)
+    if not m:
+        return None
+    opener, lo, hi, closer, point = m.groups()
+    if opener is None:
+        opener, lo, hi, closer = "(", "-\\infty", "\\infty", ")"
+    lo, hi, point = lo.strip(), hi.strip(), point.strip()
+
+    def value(x: str):  # a plain number or an infinity; None for anything else (then nothing is rewritten)
+        if re.fullmatch(r"[+-]?\\infty", x):
+            return float("-inf") if x.startswith("-") else float("inf")
+        return Fraction(x) if re.fullmatch(r"-?\d+(?:\.\d+)?(?:/\d+)?", x) else None
+
+    lo_v, c, hi_v = value(lo), value(point), value(hi)
+    if lo_v is None or hi_v is None or not isinstance(c, Fraction) or not lo_v < c < hi_v:
+        return None
+    return f"{opener}{lo},{point})\\cup({point},{hi}{closer}"
 
 
 def _decimal_comma(s: str) -> tuple | None:
@@ -523,6 +596,8 @@ def _has_words(s: str) -> bool:
     s = re.sub(r"_\{[^{}]*\}|_\w", "", s)  # subscripts are parts of names: S_{MBCN}, V_{ABC}
     s = re.sub(r"^[\sa-zA-Z\\{}|:()]*=", "", s)  # a label "\\angle ABC =" names the value, it is not a word answer
     bare = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}|\\[a-zA-Z]+", " ", s)
+    if re.fullmatch(r"(?i)[\s{}]*no[\s{}.]*", bare):  # the answer "no" (of a yes/no question), not the product n*o
+        return True
     return any(re.search(r"[aeiou]", w) or w.isupper() for w in _WORD_RE.findall(bare))
 
 
@@ -1794,6 +1869,17 @@ def _variants(raw: str, node: tuple, marks: str, pred: bool) -> list:
     return out + [comma] if comma is not None else out
 
 
+def _same_clock(np_: str, ng: str) -> bool | None:
+    """Whether a predicted time of day ("time 15:45", from "3:45 PM") shows a bare gold clock reading ("3:45"): same
+    hour on a 12-hour clock, same minutes. One way only: a bare prediction "4:30" leaves out the a.m./p.m. that a gold
+    "4:30 p.m." asks for. None unless the prediction is a time of day and the gold a bare H:MM."""
+    t = re.fullmatch(r"time (\d+):(\d\d)", np_)
+    b = re.fullmatch(r"(\d{1,2}):(\d\d)", ng)
+    if not (t and b):
+        return None
+    return int(t.group(1)) % 12 == int(b.group(1)) % 12 and t.group(2) == b.group(2)
+
+
 def _decide(pred: str, gold: str) -> tuple[bool, str]:
     """(verdict, reason) for two bare answers; never raises."""
     if pred is None or gold is None:
@@ -1816,12 +1902,18 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
         if option:  # gold "(B) 4": the letter, or the option's value
             if _mc_letters(np_, pred=True) == {option[0]}:
                 return True, "same choice letter"
+            theirs = _option(np_)
+            if theirs and theirs[0] != option[0]:  # "(B) 17" vs "(A) 17": another option, whatever its value says
+                return False, f"choice {option[0]} expected, not {theirs[0]}"
             ok, why = _decide(pred, option[1])
             return ok, f"against the option's value: {why}"
         option = _option(np_)
         if option:  # a prediction "(D) 6" against a gold value: the option's value
             ok, why = _decide(option[1], gold)
             return ok, f"the predicted option's value: {why}"
+        clock = _same_clock(np_, ng)
+        if clock is not None:
+            return clock, "same time of day" if clock else "different time of day"
         if _has_words(ng) or _has_words(np_):
             same = _text_key(np_) == _text_key(ng)
             return (True, "same words") if same else (False, "different words")

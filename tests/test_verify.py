@@ -277,6 +277,18 @@ EQUAL = [
     ("0.3333333", "\\frac13"),
     ("\\pi", "3.14159265"),  # a gold decimal states the precision asked for
     ("\\sqrt{2}", "1.4142136"),
+    # an integer-index qualifier after \\pi (the i of \\pi is no variable), an index's range after "for"/"where"
+    ("x = \\frac{\\pi}{4} + k\\pi, k \\in \\mathbb{Z}", "\\frac{\\pi}{4}+k\\pi"),
+    ("n = 2^k \\text{ for } k \\geq 0", "2^k"),
+    # physics units of several letters after a number
+    ("0.25 eV", "0.25"),
+    ("\\text{The answer is } 12", "12"),  # a box that repeats the answer phrase
+    # an interval less one point inside it is the union of its halves
+    ("(0, 1) \\cup (1, 2)", "(0,2)\\setminus\\{1\\}"),
+    ("\\mathbb{R} \\setminus \\{0\\}", "(-\\infty,0)\\cup(0,\\infty)"),
+    ("[0,2]\\setminus\\{1\\}", "[0,1)\\cup(1,2]"),
+    ("\\textbf{(B)}\\ 17", "\\textbf{(B) }17"),
+    ("500 nm", "500"),
 ]
 
 NOT_EQUAL = [
@@ -449,6 +461,17 @@ NOT_EQUAL = [
     ("(x-3)^{1/3}", "\\sqrt[3]{x+3}"),
     ("(-8)^{2/3}", "-4"),
     ("\\sqrt{2}\\sqrt[3]{2}", "2^{6/5}"),
+    ("x = \\frac{\\pi}{4} + 2k\\pi, k \\in \\mathbb{Z}", "\\frac{\\pi}{4}+k\\pi"),
+    ("n = 3^k \\text{ for } k \\geq 0", "2^k"),
+    ("a + b > 0", "a"),  # a range qualifier needs its "for": this inequality is the answer
+    ("0.52 eV", "0.25"),
+    ("\\text{The answer is } 21", "12"),
+    ("(0, 1) \\cup (1, 3)", "(0,2)\\setminus\\{1\\}"),
+    ("\\mathbb{R} \\setminus \\{1\\}", "(-\\infty,0)\\cup(0,\\infty)"),
+    ("[0,2]\\setminus\\{1\\}", "[0,1]\\cup[1,2]"),
+    ("(0,2)\\setminus\\{5\\}", "(0,5)\\cup(5,2)"),  # a point outside: no halves
+    ("\\textbf{(B)}\\ 17", "\\textbf{(A) }17"),  # a predicted option names its letter: another letter is wrong
+    ("3nm", "3mn"),
     # empty and malformed
     ("", "5"),
     ("5", ""),
@@ -651,6 +674,38 @@ RESPONSES = [
     ("So $n = 12$.<｜end▁of▁sentence｜>Then n = 13", "12", True),
     ("So $n = 12$.\n\nHuman: and 13?", "13", False),
     ("The sum is $\\boxed{9}$.<|im_end|><|im_start|>user\nWrong, it is \\boxed{8}", "8", False),
+    # a response cut off inside its box, or right before its answer, has no answer (the number before is not it)
+    ("We get $x = 3$. Thus the answer is $\\boxed{3", "3", False),
+    ("We get $x = 3$. Thus the answer is $\\boxed{3}$", "3", True),
+    ("So the count is \\boxed{25\\}", "25", True),  # a mistyped \\} closed it: not cut off
+    ("<think>2 + 2 is 4, so the answer should be", "4", False),
+    ("<think>2 + 2 is 4, so the answer should be 4", "4", True),
+    ("The sum is $3 + 4 =", "7", False),
+    ("The sum is $3 + 4 = 7$", "7", True),
+    # GSM8K's closing "#### 18" line is the answer; a "#### Step 1" heading is not
+    ("She sells 9 eggs for 9 * $2 = $18.\n#### 18", "18", True),
+    ("She sells 9 eggs for 9 * $2 = $18.\n#### 18", "9", False),
+    ("#### Step 1\nWe get 5 apples, so $x=5$.", "5", True),
+    ("#### 1\nWe get 5 apples, so $x=5$.", "1", False),
+    # PRM800K's "# Answer" heading with the bare answer below it; a sentence below it is left to the closing value
+    ("So we have $x = 5$.\n\n# Answer\n\n6", "6", True),
+    ("So we have $x = 5$.\n\n# Answer\n\n6", "5", False),
+    ("# Answer\n\n(2, 3)", "(2,3)", True),
+    ("# Answer\n\n(2, 3)", "(3,2)", False),
+    ("### Final Answer\n\nThe number of ways is $12$.", "12", True),
+    # "impossible for ... to be" denies; a response ending on "by" / "and" was cut off
+    ("Therefore, it is impossible for $n$ to be $3$.", "3", False),
+    ("Therefore, it is possible for $n$ to be $3$.", "3", True),
+    ("So $3 \\times 7 = 21$, and then multiply by", "21", False),
+    ("So $3 \\times 7 = 21$, and then multiply by 2 to get $42$.", "42", True),
+    # yes/no answers in words
+    ("So no such integer exists. The answer is no.", "No", True),
+    ("So no such integer exists. The answer is no.", "Yes", False),
+    # a predicted time of day against a bare gold clock reading
+    ("The train leaves at $\\boxed{3:45 \\text{ PM}}$.", "3:45", True),
+    ("The train leaves at $\\boxed{3:54 \\text{ PM}}$.", "3:45", False),
+    ("She wakes at $\\boxed{\\text{9:30 a.m.}}$.", "9:30\\text{ a.m.}", True),
+    ("She wakes at $\\boxed{\\text{9:30 p.m.}}$.", "9:30\\text{ a.m.}", False),
 ]
 
 

@@ -146,6 +146,14 @@ def _grid(runs: dict[str, list[dict]], keys: list[str]):
     return plt, panels, fig, axes, plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
+def _decorate(ax, title: str, smooth_k: int) -> None:
+    """A panel's title (with its smoothing window), x label, grid and legend."""
+    ax.set_title(title + (f" (smoothed, k={smooth_k})" if smooth_k > 1 else ""), fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
 def _save(plt, fig, axes, n_panels: int, out: str | Path) -> Path:
     """Blank the unused panels and write the PNG (parent folders created)."""
     for ax in list(axes.flat)[n_panels:]:
@@ -176,10 +184,7 @@ def plot(runs: dict[str, list[dict]], keys: list[str], out: str | Path, smooth_k
                 style = dict(marker="o", markersize=4) if sparse or len(steps) == 1 else {}
                 ax.plot(steps, values if sparse else smooth(values, smooth_k), label=label, color=color,
                         linestyle=linestyle, linewidth=1.2, **style)  # fmt: skip
-        ax.set_title(title + (f" (smoothed, k={smooth_k})" if smooth_k > 1 and not sparse else ""), fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _decorate(ax, title, smooth_k if not sparse else 1)
     return _save(plt, fig, axes, len(panels), out)
 
 
@@ -199,11 +204,7 @@ def plot_bands(runs: dict[str, list[dict]], keys: list[str], out: str | Path, sm
             color, style = colors[c % len(colors)], dict(marker="o", markersize=3) if sparse else {}
             ax.plot(steps, mean, label=f"{config} ({len(names)} seeds)", color=color, linewidth=1.4, **style)
             ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
-        ax.set_title(title + (" (mean over matches)" if len(matched) > 1 else "")
-                     + (f" (smoothed, k={smooth_k})" if smooth_k > 1 and not sparse else ""), fontsize=10)  # fmt: skip
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _decorate(ax, title + (" (mean over matches)" if len(matched) > 1 else ""), smooth_k if not sparse else 1)
     return _save(plt, fig, axes, len(panels), out)
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from plot import load_metrics, plot_bands  # noqa: E402
 
 CONFIGS = {  # name -> train.py flags; names end in -s<seed> on disk (plot.py --bands groups by the rest)
     "grpo": ["--estimator", "grpo"],
@@ -110,8 +113,6 @@ def run(config: str, seed: int, out: Path, cache: Path, extra: list[str]) -> dic
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {out / f'{config}-s{seed}.log'}")
     seconds = time.time() - t0
-    from plot import load_metrics
-
     return {"config": config, "seed": seed, "seconds": seconds, **summarize_run(load_metrics(folder))}
 
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         cache = out / f"cache-s{seed}"
         if not args.reuse_cache:
-            subprocess.run(["rm", "-rf", str(cache)], check=True)  # an empty cache: the warm start is built anew
+            shutil.rmtree(cache, ignore_errors=True)  # an empty cache: the warm start is built anew
         warm[seed] = build_warm_start(cache, seed)
         print(f"seed {seed}: warm start {warm[seed]:.0f} s", flush=True)
         for config in configs:
@@ -151,8 +152,6 @@ def main(argv: list[str] | None = None) -> None:
     text = header + table(results) + "\n\n" + verdict(results) + "\n"
     (out / "table.md").write_text(text)
     print(text)
-    from plot import load_metrics, plot_bands
-
     keys = ["eval/accuracy", "train/accuracy", "train/entropy", "train/response_len", "train/zero_var_groups"]
     runs = {f"{r['config']}-s{r['seed']}": load_metrics(out / f"{r['config']}-s{r['seed']}") for r in results}
     print(f"wrote {plot_bands(runs, keys, out / 'curves.png', smooth_k=5)}")

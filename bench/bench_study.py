@@ -1,0 +1,294 @@
+"""
+A laptop-scale test of three claims, on the tiny world (tiny.py): long RL on a small fixed training set, as the
+prompt-augmentation paper trains (60 epochs of its data), with and without augmentation, GRPO against AAPO, and AAPO's
+reference rewards sampled fresh every step against cached once per (prompt, template):
+
+    .venv/bin/python bench/bench_study.py --seeds 1 2 --out runs/study          # 10 runs + 2 warm starts, ~1 h on 2 cores
+    .venv/bin/python bench/bench_study.py --seeds 5 --configs grpo --steps 60 --out /tmp/s   # a quick look
+
+The claims, and the rule (fixed before the runs) that turns the numbers into a verdict:
+1. Prompt augmentation (arXiv:2602.03190v1): without it, entropy falls and training on a fixed dataset collapses after
+   long training; with it, training stays stable. Supported if more no-augmentation runs than augmented runs
+   collapse (criterion below) and the augmented runs end higher on average; not testable at this scale if no run
+   collapses (the horizon or the task cannot provoke it); otherwise not supported.
+2. AAPO (arXiv:2505.14264v2): its margin keeps a gradient where GRPO's advantage vanishes (zero-variance groups), so
+   it learns faster and ends higher. Compared without augmentation (aapo vs grpo), and with it. Supported if AAPO
+   ends higher by more than the larger of the two configurations' seed std and gains 15 points over its start in no
+   more steps; not supported otherwise.
+3. This project's `--aapo-ref cache`: learns like `fresh` at about half the rollouts. Supported if the two end within
+   max(2 points, the larger seed std) of each other and cache generates at most 60% of fresh's samples.
+
+Collapse (fixed before the runs): a run collapses at the first evaluation that is more than COLLAPSE_DROP (10) points
+below the best evaluation so far, if no evaluation within the next RECOVER_STEPS (50) steps (or up to the end of the
+run) comes back within RECOVER_WITHIN (5) points of that best.
+
+Per run: held-out accuracy (greedy, the default template, --eval-limit problems) every --eval-every steps; start, best,
+end (mean of the last three evaluations); collapse step; steps and samples (policy + AAPO reference) until the
+held-out accuracy first gains TARGET_GAIN (15 points) over its start; full-distribution entropy, zero-variance group share, response length and
+training accuracy, each as the mean of the first and of the last WINDOW steps; with --aug, the per-template entropy of
+the last WINDOW steps. Each seed's warm start is built in <out>/cache-s<seed> (from empty unless --reuse-cache); its
+first --train-size training problems are the fixed training set of every run of that seed.
+
+Writes <out>/<config>-s<seed>/ (train.py run folders), summary.json, table.md (table, claims), curves.png (mean and
+min-max band over seeds) and template_entropy.png (per-template entropy of the augmented runs).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from bench_tiny import build_warm_start, mean_std  # noqa: E402
+from plot import load_metrics, plot, plot_bands, series  # noqa: E402
+
+CONFIGS = {  # name -> train.py flags (on top of --preset tiny and the study's schedule)
+    "grpo": ["--estimator", "grpo"],
+    "grpo-aug": ["--estimator", "grpo", "--aug"],
+    "aapo": ["--estimator", "aapo"],
+    "aapo-aug": ["--estimator", "aapo", "--aug"],
+    "aapo-cache": ["--estimator", "aapo", "--aapo-ref", "cache"],
+}
+COLLAPSE_DROP, RECOVER_WITHIN, RECOVER_STEPS = 0.10, 0.05, 50  # the collapse criterion (accuracy fractions, steps)
+TARGET_GAIN = 0.15  # held-out gain over the run's start whose first crossing measures sample efficiency
+WINDOW = 20  # steps averaged for the "first" and "last" values of per-step metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-run summary and the claims (pure functions, tested in tests/test_bench_study.py)
+
+
+def collapse_step(steps: list[int], acc: list[float]) -> int | None:
+    """The step of the first evaluation more than COLLAPSE_DROP below the best so far from which the run does not
+    recover (no evaluation within RECOVER_STEPS steps after it, or up to the end, gets within RECOVER_WITHIN of that
+    best); None if the run never collapses."""
+    best = acc[0]
+    for i, (s, a) in enumerate(zip(steps, acc)):
+        if a < best - COLLAPSE_DROP - 1e-9:  # (tolerance: accuracies are fractions, 0.8 - 0.1 > 0.7 in floats)
+            later = [b for t, b in zip(steps[i + 1 :], acc[i + 1 :]) if t <= s + RECOVER_STEPS]
+            if not any(b >= best - RECOVER_WITHIN - 1e-9 for b in later):
+                return s
+        best = max(best, a)
+    return None
+
+
+def mean_window(rows: list[dict], key: str, last: bool) -> float | None:
+    """Mean of `key` over the first (or last) WINDOW training steps that logged it; None if none did."""
+    values = series(rows, key)[1]
+    values = values[-WINDOW:] if last else values[:WINDOW]
+    return statistics.mean(values) if values else None
+
+
+def summarize_study_run(rows: list[dict], samples_per_step: int) -> dict:
+    """One run's numbers (see the module docstring) from its metrics rows; samples_per_step = B x G policy samples."""
+    steps, acc = series(rows, "eval/accuracy")
+    if len(acc) < 4:
+        raise ValueError(f"{len(acc)} evaluations: need the step-0 one and at least 3 more")
+    train_rows = [r for r in rows if "train/reward" in r]
+    samples, cum = 0, {0: 0}  # cumulative samples generated (policy + AAPO reference) after each step
+    for r in train_rows:
+        samples += samples_per_step + r.get("aapo/ref_samples", 0)
+        cum[r["step"]] = samples
+    reach = next((s for s, a in zip(steps, acc) if a >= acc[0] + TARGET_GAIN), None)
+    templates = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("template/") and k.endswith("/entropy")})
+    summary = {
+        "start": acc[0], "best": max(acc), "end": statistics.mean(acc[-3:]), "last": acc[-1],
+        "drop": max(acc) - acc[-1], "collapse": collapse_step(steps, acc),
+        "steps_to_target": reach, "samples_to_target": cum.get(reach) if reach is not None else None,
+        "samples": samples, "steps": train_rows[-1]["step"] if train_rows else 0,
+        "template_entropy_last": {t: mean_window(rows, f"template/{t}/entropy", last=True) for t in templates},
+    }  # fmt: skip
+    for name, key in [("entropy", "train/entropy"), ("zero_var", "train/zero_var_groups"),
+                      ("length", "train/response_len"), ("train_acc", "train/accuracy")]:  # fmt: skip
+        summary[f"{name}_first"], summary[f"{name}_last"] = mean_window(rows, key, False), mean_window(rows, key, True)
+    return summary
+
+
+def _col(results: list[dict], config: str, key: str) -> list:
+    return [r[key] for r in results if r["config"] == config]
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    """(mean, sample std; 0 for one value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _pts(values: list[float]) -> str:
+    return mean_std(values) + "%"
+
+
+def claim_augmentation(results: list[dict]) -> str:
+    """Claim 1's verdict sentence (rule in the module docstring), over the estimators run both ways."""
+    pairs = [(c, f"{c}-aug") for c in ("grpo", "aapo") if _col(results, c, "end") and _col(results, f"{c}-aug", "end")]
+    if not pairs:
+        return "Claim 1 (augmentation against collapse): not run (needs a configuration with and without --aug)."
+    plain = [r for c, _ in pairs for r in results if r["config"] == c]
+    aug = [r for _, c in pairs for r in results if r["config"] == c]
+    n_plain, n_aug = sum(r["collapse"] is not None for r in plain), sum(r["collapse"] is not None for r in aug)
+    end_plain, end_aug = [r["end"] for r in plain], [r["end"] for r in aug]
+    ent = lambda rs, k: mean_std([r[k] for r in rs], 1, 3)  # noqa: E731
+    numbers = (f"collapsed runs {n_plain}/{len(plain)} without augmentation vs {n_aug}/{len(aug)} with; end "
+               f"{_pts(end_plain)} vs {_pts(end_aug)}; entropy first -> last {WINDOW} steps {ent(plain, 'entropy_first')} -> "
+               f"{ent(plain, 'entropy_last')} without vs {ent(aug, 'entropy_first')} -> {ent(aug, 'entropy_last')} with")  # fmt: skip
+    if n_plain == 0 and n_aug == 0:
+        verdict = "not testable at this scale (no run collapsed)"
+    elif n_plain > n_aug and statistics.mean(end_aug) > statistics.mean(end_plain):
+        verdict = "supported"
+    else:
+        verdict = "not supported"
+    return f"Claim 1 (augmentation against collapse): {verdict}: {numbers}."
+
+
+def claim_aapo(results: list[dict]) -> str:
+    """Claim 2's verdict sentence, one clause per pair (aapo vs grpo, aapo-aug vs grpo-aug) that was run."""
+    clauses, verdicts = [], []
+    for a, g in [("aapo", "grpo"), ("aapo-aug", "grpo-aug")]:
+        if not (_col(results, a, "end") and _col(results, g, "end")):
+            continue
+        (ma, sa), (mg, sg) = _stats(_col(results, a, "end")), _stats(_col(results, g, "end"))
+        reach = {c: [s if s is not None else float("inf") for s in _col(results, c, "steps_to_target")] for c in (a, g)}
+        higher = ma - mg > max(sa, sg)
+        faster = statistics.mean(reach[a]) <= statistics.mean(reach[g])
+        verdicts.append(higher and faster)
+        fmt = lambda v: "never" if v == float("inf") else f"{v:.0f}"  # noqa: E731
+        clauses.append(f"{a} ends at {_pts(_col(results, a, 'end'))} vs {g} {_pts(_col(results, g, 'end'))}, reaches "
+                       f"+{TARGET_GAIN * 100:.0f} points at step {fmt(statistics.mean(reach[a]))} vs {fmt(statistics.mean(reach[g]))} "
+                       f"(mean over seeds), zero-variance groups over the last {WINDOW} steps "
+                       f"{mean_std(_col(results, a, 'zero_var_last'), 100, 0)}% vs {mean_std(_col(results, g, 'zero_var_last'), 100, 0)}%")  # fmt: skip
+    if not clauses:
+        return "Claim 2 (AAPO learns faster and ends higher than GRPO): not run."
+    verdict = "supported" if all(verdicts) else "partly supported" if any(verdicts) else "not supported"
+    return f"Claim 2 (AAPO learns faster and ends higher than GRPO): {verdict}: " + "; ".join(clauses) + "."
+
+
+def claim_cache(results: list[dict]) -> str:
+    """Claim 3's verdict sentence: --aapo-ref cache against fresh (both without --aug)."""
+    if not (_col(results, "aapo", "end") and _col(results, "aapo-cache", "end")):
+        return "Claim 3 (--aapo-ref cache learns like fresh at half the rollouts): not run (needs aapo and aapo-cache)."
+    (mf, sf), (mc, sc) = _stats(_col(results, "aapo", "end")), _stats(_col(results, "aapo-cache", "end"))
+    cost = statistics.mean(_col(results, "aapo-cache", "samples")) / statistics.mean(_col(results, "aapo", "samples"))
+    ok = abs(mc - mf) <= max(0.02, sf, sc) and cost <= 0.6
+    return (f"Claim 3 (--aapo-ref cache learns like fresh at half the rollouts): {'supported' if ok else 'not supported'}: "
+            f"cache ends at {_pts(_col(results, 'aapo-cache', 'end'))} vs fresh {_pts(_col(results, 'aapo', 'end'))}, "
+            f"with {cost:.2f}x fresh's samples generated ({statistics.mean(_col(results, 'aapo-cache', 'samples')):,.0f} "
+            f"vs {statistics.mean(_col(results, 'aapo', 'samples')):,.0f} per run).")  # fmt: skip
+
+
+def table(results: list[dict]) -> str:
+    """Markdown table, one row per configuration (CONFIGS order): mean +- std over seeds."""
+    lines = ["| configuration | seeds | start (%) | best (%) | end (%) | collapsed | steps to "
+             f"+{TARGET_GAIN * 100:.0f} points | samples per run | entropy first → last | zero-var groups first → last (%) "
+             "| response length last | train accuracy last (%) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]  # fmt: skip
+    for c in [c for c in CONFIGS if _col(results, c, "end")]:
+        col = lambda k: _col(results, c, k)  # noqa: E731
+        reach = [s for s in col("steps_to_target") if s is not None]
+        reached = (mean_std(reach, 1, 0) if reach else "never") + (
+            f" ({len(reach)}/{len(col('end'))} runs)" if 0 < len(reach) < len(col("end")) else "")
+        lines.append(
+            f"| {c} | {len(col('end'))} | {mean_std(col('start'))} | {mean_std(col('best'))} | {mean_std(col('end'))} "
+            f"| {sum(s is not None for s in col('collapse'))}/{len(col('end'))} | {reached} "
+            f"| {statistics.mean(col('samples')):,.0f} | {mean_std(col('entropy_first'), 1, 3)} → {mean_std(col('entropy_last'), 1, 3)} "
+            f"| {mean_std(col('zero_var_first'), 100, 0)} → {mean_std(col('zero_var_last'), 100, 0)} "
+            f"| {mean_std(col('length_last'), 1, 1)} | {mean_std(col('train_acc_last'))} |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running it
+
+
+def fixed_train_set(cache: Path, seed: int, size: int) -> Path:
+    """The first `size` training problems of the seed's tiny world, as a file of their own."""
+    source = next(cache.glob("tiny-*/train.jsonl"))
+    rows = source.read_text().splitlines()[:size]
+    if len(rows) < size:
+        raise ValueError(f"--train-size {size}: {source} holds only {len(rows)} problems")
+    path = cache / f"train-{size}.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def run(config: str, seed: int, out: Path, cache: Path, flags: list[str]) -> dict:
+    """One train.py run in its own folder; its summary row."""
+    folder = out / f"{config}-s{seed}"
+    cmd = [sys.executable, "train.py", "--preset", "tiny", *CONFIGS[config], "--seed", str(seed), "--out", str(folder),
+           "--overwrite", *flags]  # fmt: skip
+    t0 = time.time()
+    with open(out / f"{config}-s{seed}.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "MATHRL_CACHE": str(cache)}, stdout=log, stderr=log)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {out / f'{config}-s{seed}.log'}")
+    cfg = json.loads((folder / "config.json").read_text())
+    summary = summarize_study_run(load_metrics(folder), cfg["prompts_per_step"] * cfg["group_size"])
+    return {"config": config, "seed": seed, "seconds": time.time() - t0, **summary}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one warm start and one run per config each")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument("--steps", type=int, default=250, help="RL steps per run (16 prompts each)")
+    parser.add_argument("--train-size", type=int, default=64, help="problems in the fixed training set")
+    parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every N steps")
+    parser.add_argument("--eval-limit", type=int, default=600, help="held-out problems per evaluation")
+    parser.add_argument("--out", default="runs/study", help="folder for runs, caches, table and figures")
+    parser.add_argument("--reuse-cache", action="store_true", help="keep <out>/cache-s<seed> if it exists")
+    parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
+    args = parser.parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if unknown := [c for c in configs if c not in CONFIGS]:
+        raise SystemExit(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    if args.train_size < 16:
+        raise SystemExit(f"--train-size {args.train_size}: need at least 16 (the prompts of one step)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started, results, warm = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), [], {}
+    for seed in args.seeds:
+        cache = out / f"cache-s{seed}"
+        if not args.reuse_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+        warm[seed] = build_warm_start(cache, seed)
+        train = fixed_train_set(cache, seed, args.train_size)
+        flags = ["--train-data", str(train), "--lr-schedule", "constant", "--max-steps", str(args.steps),
+                 "--eval-every", str(args.eval_every), "--eval-limit", str(args.eval_limit), "--save-every", "100",
+                 *args.extra]  # fmt: skip
+        print(f"seed {seed}: warm start {warm[seed]:.0f} s; fixed training set {train}", flush=True)
+        for config in configs:
+            results.append(run(config, seed, out, cache, flags))
+            r = results[-1]
+            print(f"{config}-s{seed}: start {r['start']:.3f} best {r['best']:.3f} end {r['end']:.3f} collapse "
+                  f"{r['collapse']} | {r['seconds']:.0f} s", flush=True)  # fmt: skip
+    (out / "summary.json").write_text(json.dumps({"runs": results, "warm_start_seconds": warm}, indent=1))
+    import torch
+
+    epochs = args.steps * 16 / args.train_size
+    header = (f"{started}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, Python "
+              f"{platform.python_version()}: `{' '.join(['bench/bench_study.py', *(argv or sys.argv[1:])])}`\n\n"
+              f"{args.steps} steps of 16 prompts x 8 samples on a fixed set of {args.train_size} problems "
+              f"({epochs:.0f} epochs), constant lr; held-out: {args.eval_limit} problems every {args.eval_every} steps. "
+              f"Warm starts (s): " + ", ".join(f"seed {s}: {t:.0f}" for s, t in warm.items()) + "\n\n")  # fmt: skip
+    claims = "\n".join(f"- {f(results)}" for f in (claim_augmentation, claim_aapo, claim_cache))
+    text = header + table(results) + "\n\n" + claims + "\n"
+    (out / "table.md").write_text(text)
+    print(text)
+    runs = {f"{r['config']}-s{r['seed']}": load_metrics(out / f"{r['config']}-s{r['seed']}") for r in results}
+    keys = ["eval/accuracy", "train/accuracy", "train/entropy", "train/zero_var_groups", "train/response_len",
+            "train/adv_abs"]  # fmt: skip
+    print(f"wrote {plot_bands(runs, keys, out / 'curves.png', smooth_k=10)}")
+    aug = {n: rows for n, rows in runs.items() if "-aug-" in n}
+    if aug:
+        print(f"wrote {plot(aug, ['template/*/entropy', 'template/*/accuracy'], out / 'template_entropy.png', 10)}")
+
+
+if __name__ == "__main__":
+    main()

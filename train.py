@@ -12,7 +12,7 @@ score), turns the rewards into group-relative advantages and takes a few clipped
     python train.py --preset tiny --aug --estimator aapo --out runs/tiny
     python plot.py runs/tiny --out runs/tiny/curves.png
     torchrun --nproc_per_node 2 train.py --preset tiny --out runs/tiny-ddp   # data parallel (DDP): 2 ranks, one batch
-    torchrun --nproc_per_node 8 train.py --preset 1.5b --aug --out runs/aug-8gpu   # 8 GPUs, a vLLM engine on each
+    torchrun --nproc_per_node 8 train.py --preset 1.5b --aug --gpu-memory-utilization 0.3 --out runs/aug-8gpu  # 8 GPUs
     # continue a killed run exactly where its last checkpoint left it
     python train.py --preset tiny --aug --estimator aapo --out runs/tiny --resume
 

@@ -158,6 +158,16 @@ def test_world_size_must_divide_mini_batch(monkeypatch):
     assert train.parse_config(["--preset", "1.5b"]).engine == "vllm"  # one vLLM engine per rank (external_launcher)
 
 
+def test_a_rank_without_a_gpu_is_a_clear_error(monkeypatch):
+    import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="local rank 1 has no GPU: this node has 1"):
+        distributed.init_distributed(torch.device("cuda"))
+
+
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     """(one-process results, [rank 0's, rank 1's]) of every case, from the same initial model and global batch."""

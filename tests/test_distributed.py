@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))  # also when torchrun runs this file as the worker
 
 import tiny  # noqa: E402
 import train  # noqa: E402
+from engine_vllm import request_seed  # noqa: E402
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -120,6 +121,13 @@ def test_rollout_seed_per_rank():
     assert train.rollout_seed(42, 3, 0) == (42 * 1_000_003 + 3) * 4  # rank 0: the one-process seed
     seeds = {train.rollout_seed(42, s, k, r) for s in range(50) for k in range(3) for r in range(8)}
     assert len(seeds) == 50 * 3 * 8
+    # a CPU generator keeps the low 32 bits of a seed: there too, 8 ranks' calls of one step, and vLLM's request seeds
+    # of their 16 prompts x 8 samples (engine_vllm.request_seed), all differ
+    for s in range(50):
+        calls = [train.rollout_seed(42, s, k, r) for k in range(3) for r in range(8)]
+        assert len({c % 2**32 for c in calls}) == 3 * 8
+        requests = {(request_seed(c, i, 8) + j) % 2**32 for c in calls for i in range(16) for j in range(8)}
+        assert len(requests) == 3 * 8 * 16 * 8
 
 
 def test_close_distributed_leaves_a_group_it_did_not_create(tmp_path, monkeypatch):
@@ -147,8 +155,17 @@ def test_world_size_must_divide_mini_batch(monkeypatch):
         train.parse_config(["--preset", "tiny", "--mini-batch-prompts", "8"])
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert train.parse_config(["--preset", "tiny", "--mini-batch-prompts", "8"]).mini_batch_prompts == 8
-    with pytest.raises(ValueError, match="--engine vllm under torchrun is not supported"):
-        train.parse_config(["--preset", "1.5b"])
+    assert train.parse_config(["--preset", "1.5b"]).engine == "vllm"  # one vLLM engine per rank (external_launcher)
+
+
+def test_a_rank_without_a_gpu_is_a_clear_error(monkeypatch):
+    import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="local rank 1 has no GPU: this node has 1"):
+        distributed.init_distributed(torch.device("cuda"))
 
 
 @pytest.fixture(scope="module")

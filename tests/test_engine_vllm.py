@@ -109,6 +109,22 @@ def test_constructor_settings(fake_vllm, world):
     assert llm.log == [], "construction alone must not push, sleep or reset anything"
 
 
+def test_under_torchrun_the_engine_joins_torchruns_process_group(fake_vllm, world, tmp_path):
+    import torch.distributed as dist
+
+    with pytest.raises(RuntimeError, match="joins torchrun's process group, and there is none"):
+        VLLMEngine(world.path, external_launcher=True)
+    assert fake_vllm.LLM.instances == [], "refused before vLLM was asked (it would try an env:// group of its own)"
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)  # torchrun's
+    try:
+        engine = VLLMEngine(world.path, external_launcher=True)
+    finally:
+        dist.destroy_process_group()
+    assert engine.llm.kwargs["distributed_executor_backend"] == "external_launcher"
+    assert engine.llm.multiprocessing_env == "0", "vLLM's external launcher asserts the in-process engine core"
+    assert "distributed_executor_backend" not in VLLMEngine(world.path).llm.kwargs  # one process: as before
+
+
 def test_sampling_parameters_pass_through(fake_vllm, world):
     engine = VLLMEngine(world.path)
     engine.generate(world.prompts, n=4, max_new_tokens=7, temperature=0.7, top_p=0.9, seed=11)

@@ -408,7 +408,7 @@ def reference_rollouts(cfg: Config, ref_engine, step: int, prompt_ids: list, key
     """AAPO's reference samples to grade: G for every prompt with --aapo-ref fresh (the paper), with cache only for the
     (row, template) keys never drawn. Returns (positions b among the B prompts, their [len][G] completions)."""
     ref_rows = [b for b, key in enumerate(keys) if cfg.aapo_ref == "fresh" or key not in ref_cache]
-    if cfg.estimator != "aapo" or not ref_rows:  # (grpo, drgrpo: no reference)
+    if cfg.estimator != "aapo" or not ref_rows:  # grpo, drgrpo: no reference; cache: every pair drawn before
         return [], []
     ref_comps = ref_engine.generate([prompt_ids[b] for b in ref_rows], cfg.group_size, cfg.max_new_tokens,
                                     cfg.temperature, cfg.top_p, seed=rollout_seed(cfg.seed, step, 1, rank()))  # fmt: skip

@@ -57,7 +57,7 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # REQUIRE_VLLM=1: a vLLM that cannot be imported fails these tests instead of skipping them. OMP_NUM_THREADS=1: with
-# more OpenMP threads than free cores (a shared machine), vLLM's CPU steps slowed 20-100x (measured: README).
+# more OpenMP threads than free cores (a shared machine), vLLM's CPU steps slowed 20-100x (measured: docs/vllm-cpu.md).
 test-vllm: vllm-cpu-setup
 	OMP_NUM_THREADS=1 REQUIRE_VLLM=1 $(VLLM_BIN)/python -m pytest -q tests/test_vllm_cpu.py tests/test_vllm_cpu_ddp.py
 

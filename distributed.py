@@ -74,6 +74,12 @@ def barrier() -> None:
     dist.barrier() if dist.is_initialized() else None
 
 
+def print0(*args) -> None:
+    """Print on rank 0 only."""
+    if rank() == 0:
+        print(*args, flush=True)
+
+
 def rank_share(B: int, mini: int, rank: int, world: int) -> list[int]:
     """Positions (among a step's B prompts) of this rank's prompts: the rank-th of `world` equal slices of every
     mini-batch of `mini` prompts, so every optimizer step sees all ranks' slices and no group straddles two ranks."""
@@ -95,3 +101,29 @@ def all_objects(obj) -> list:
     parts = [obj] * world_size()
     dist.all_gather_object(parts, obj) if len(parts) > 1 else None
     return parts
+
+
+def all_cat(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's x concatenated along dim 0, rank after rank (x itself in one process)."""
+    return torch.cat(all_objects(x))
+
+
+def all_items(items: list) -> list:
+    """Every rank's list items in one list, rank after rank (items itself in one process)."""
+    return [item for part in all_objects(items) for item in part]
+
+
+def all_strided(items: list, n: int) -> list:
+    """The n items of a list sharded as items[rank::world] (rank r holds items r, r + world, ...), gathered back into
+    their order: item i is item i // world of rank i % world."""
+    parts, world = all_objects(items), world_size()
+    return [parts[i % world][i // world] for i in range(n)]
+
+
+def ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """SETUP: module under torchrun wrapped in DDP (gradients kept in DDP's all-reduce buckets: no second copy), else
+    module itself."""
+    if world_size() == 1:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, ids, gradient_as_bucket_view=True)

@@ -176,6 +176,57 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def read_rows(source: str, subset: str = "", split: str = "train") -> list[dict]:
+    """Raw rows of a .jsonl / .json / .parquet file, a folder of such files, or a Hugging Face dataset name."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
+        if not files:
+            raise FileNotFoundError(f"{source}: folder holds no .jsonl/.json/.parquet files")
+        return [row for p in files for row in read_rows(str(p))]
+    if path.suffix in (".jsonl", ".json"):
+        if not path.is_file():
+            raise FileNotFoundError(f"data file {source} not found")
+        return read_jsonl(path)  # a bad line is an error naming the file and line
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            raise FileNotFoundError(f"data file {source} not found")
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise RuntimeError(f"reading {source} needs pyarrow (pip install pyarrow)") from None
+        return pq.read_table(path).to_pylist()
+    if path.exists() or source.startswith((".", "/")):
+        raise ValueError(f"{source}: expected a .jsonl, .json or .parquet file, a folder of them, or a dataset name")
+    try:
+        import datasets
+    except ImportError:
+        raise RuntimeError(f"{source} is not a local file, and loading it from the HF hub needs `datasets`") from None
+    return [dict(r) for r in datasets.load_dataset(source, subset or None, split=split)]
+
+
+def clean_rows(raw: list[dict], problem_field: str, answer_field: str, source: str) -> tuple[list[dict], int]:
+    """[{"problem", "answer"}] from raw rows; rows with a missing or empty problem or answer are skipped and counted.
+
+    The answer may be a string, a number or a list of accepted answers (kept as a list of strings).
+    """
+    if raw and not any(problem_field in r or "question" in r for r in raw):
+        raise ValueError(f"{source}: no row has the field {problem_field!r}; fields of row 0: {sorted(raw[0])}")
+    if raw and not any(answer_field in r for r in raw):
+        raise ValueError(f"{source}: no row has the field {answer_field!r}; fields of row 0: {sorted(raw[0])}")
+    rows, skipped = [], 0
+    for r in raw:
+        problem = r.get(problem_field, r.get("question")) if isinstance(r, dict) else None
+        answer = r.get(answer_field) if isinstance(r, dict) else None
+        answers = [str(a).strip() for a in (answer if isinstance(answer, list) else [answer]) if a is not None]
+        answers = [a for a in answers if a]
+        if not isinstance(problem, str) or not problem.strip() or not answers:
+            skipped += 1
+            continue
+        rows.append({"problem": problem, "answer": answers[0] if len(answers) == 1 else answers})
+    return rows, skipped
+
+
 def load_benchmark(
     name: str, data_dir: str | None = None, hf_dataset: str = EvalConfig.hf_dataset, limit: int | None = None
 ) -> list[dict]:
@@ -201,6 +252,18 @@ def load_benchmark(
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"{source}: duplicate id {duplicate!r}")
     return rows[:limit] if limit else rows
+
+
+def load_eval_rows(cfg) -> list[dict]:
+    """train.py's held-out questions (cfg: its Config; --eval-data, else --eval-benchmarks) as rows of this file's
+    layout, {"benchmark", "id", "problem", "answers"}."""
+    if cfg.eval_data:
+        rows, _ = clean_rows(read_rows(cfg.eval_data, split="test"), cfg.problem_field, cfg.answer_field, cfg.eval_data)
+        return [{"benchmark": "heldout", "id": f"heldout-{i}", "problem": r["problem"],
+                 "answers": r["answer"] if isinstance(r["answer"], list) else [r["answer"]]}
+                for i, r in enumerate(rows[: cfg.eval_limit or None])]  # fmt: skip
+    names = [b.strip() for b in cfg.eval_benchmarks.split(",") if b.strip()]
+    return [row for b in names for row in load_benchmark(b, cfg.eval_data_dir or None, limit=cfg.eval_limit)]
 
 
 def _load_hub_split(dataset: str, split: str) -> list[dict]:

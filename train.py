@@ -16,16 +16,15 @@ score), turns the rewards into group-relative advantages and takes a few clipped
     # continue a killed run exactly where its last checkpoint left it
     python train.py --preset tiny --aug --estimator aapo --out runs/tiny --resume
 
-Flags: `python train.py --help` (one per Config field). Outputs in --out: metrics.jsonl (one JSON line per step),
-samples.jsonl (prompt, response, reward dumps), config.json and checkpoint-<step>/ (Hugging Face format, loadable by
-transformers, vLLM and eval.py, plus trainer_state.pt with optimizer, step, RNG and AAPO-cache state).
+Flags: `python train.py --help` (one per Config field). Outputs in --out (outputs.py; docs/metrics.md): metrics.jsonl,
+samples.jsonl, config.json, checkpoint-<step>/ (HF model + trainer_state.pt: optimizer, step, RNG states, AAPO cache).
 
 Deviations from the papers:
  1) --engine vllm (--preset 1.5b) samples with vLLM in the trainer's process (each rank's, under torchrun), colocated
     with it (engine_vllm.py); the default --engine transformers (CPU) uses Hugging Face `generate` on the training
     module itself (engine.py). Both sample the same distribution (temperature 1, top_p 1, stop at EOS, padded vocab
     ids masked).
- 2) One process on one GPU (memory plan at GPU_PRESET), or torchrun data parallel (DDP, section Distributed); the paper
+ 2) One process on one GPU (memory plan at GPU_PRESET), or torchrun data parallel (DDP, docs/multi-gpu.md); the paper
     ran verl (FSDP) on 8 GPUs. The batch arithmetic (128 x 8, 4 mini-batches of 32 prompts, token-mean over each
     mini-batch) is the same for any number of ranks.
  3) When a rollout batch gets a single optimizer step (ppo_epochs x mini-batches = 1), the old log-probs are the
@@ -49,15 +48,17 @@ import math
 import os
 import random
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
-from distributed import all_objects, all_sum, barrier, close_distributed, init_distributed, rank, rank_share, world_size
-from eval import read_jsonl
+import eval as evaluation
+from distributed import (all_cat, all_items, all_strided, all_sum, barrier, close_distributed, ddp, init_distributed,
+                         print0, rank, rank_share, world_size)  # fmt: skip
+from eval import clean_rows, load_eval_rows, read_rows
+from outputs import Trackers, checkpoints, dump_samples, log_step, prepare_out, restore_state, save_checkpoint
 from templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
 
 # Axis legend for shape comments: B prompts per step, G samples per prompt, T response tokens, V vocabulary.
@@ -177,14 +178,9 @@ TINY_PRESET = dict(
 # points between evaluations late in a run (AAPO with --aug, seed 1: 82.3, 71.4, 83.1, 76.1 at steps 70-100), with
 # the cosine it rose to a plateau (85.8, 87.8, 88.3, 88.6 at steps 60-90, same seed and warm start).
 
-# --preset 1.5b: the paper's run on one 80 GB GPU. Memory plan (estimates, unmeasured): the trainer keeps fp32 master
-# weights (1.54B x 4 B = 6.2 GB) and AdamW's two moments (12.3 GB) all run long; gradients (6.2 GB), autocast's bf16
-# weight copies (3.1 GB) and activations exist only while training, when the vLLM engines sleep (level 1: weights in
-# CPU RAM, KV cache dropped). Rollouts: trainer 18.5 GB + policy engine 0.45 x 80 = 36 GB (bf16 weights 3.1 GB, then
-# activations and ~1M tokens of KV cache at 28 KB/token) + AAPO's reference engine 0.2 x 80 = 16 GB = 70.5 GB; the rest
-# is for CUDA contexts and fragmentation. Training: 28 GB + one micro-batch of <= 32,768 tokens (= 8 sequences x 4,096,
-# the worst case of --micro-batch-size 8): gradient checkpointing keeps one bf16 hidden state per layer (28 x 32,768 x
-# 1,536 x 2 B = 2.8 GB) plus one layer's recomputation; logp_from_hidden never builds the 20 GB fp32 T x V logits.
+# --preset 1.5b: the paper's run on one 80 GB GPU. Memory plan (docs/gpu.md; estimates, unmeasured): rollouts 70.5 GB
+# (trainer 18.5 + policy engine 0.45 x 80 + AAPO's reference engine 0.2 x 80), training ~28 GB + one micro-batch of
+# <= 32,768 tokens while the engines sleep; logp_from_hidden never builds the 20 GB fp32 T x V logits.
 GPU_PRESET = dict(engine="vllm", device="cuda", bf16=True, grad_ckpt=True, logp_from_hidden=True,
                   micro_batch_tokens=32768, gpu_memory_utilization=0.45, ref_gpu_memory_utilization=0.2)  # fmt: skip
 
@@ -230,7 +226,7 @@ def check_config(cfg: Config) -> Config:
     for name in positive:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
-    world = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's rank count (section Distributed)
+    world = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's rank count (docs/multi-gpu.md)
     if cfg.mini_batch_prompts % world:
         raise ValueError(f"--mini-batch-prompts {cfg.mini_batch_prompts} must be divisible by the {world} ranks of "
                          "torchrun --nproc_per_node: each rank takes an equal share of every mini-batch")  # fmt: skip
@@ -289,125 +285,8 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def print0(*args) -> None:
-    """Print on rank 0 only (section Distributed)."""
-    if rank() == 0:
-        print(*args, flush=True)
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-class Trackers:
-    """Optional wandb / TensorBoard sinks (no-ops when not asked for or not installed)."""
-
-    def __init__(self, cfg: Config, run_name: str):
-        self.sinks = []
-        if cfg.wandb_project:
-            try:
-                import wandb
-
-                run = wandb.init(project=cfg.wandb_project, name=run_name, config=asdict(cfg), resume="allow")
-                self.sinks.append(lambda metrics, step: run.log(metrics, step=step))
-            except ImportError:
-                print0("wandb is not installed: --wandb-project ignored")
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(str(Path(cfg.out) / "tb"))
-                self.sinks.append(lambda m, step: [writer.add_scalar(k, v, step) for k, v in m.items() if _is_num(v)])
-            except ImportError:
-                print0("tensorboard is not installed: --tensorboard ignored")
-
-    def log(self, metrics: dict, step: int) -> None:
-        for sink in self.sinks:
-            sink(metrics, step)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Distributed (helpers in distributed.py; without torchrun each of them is the identity)
-
-
-class PolicyForward(torch.nn.Module):
-    """token_logprobs (section Log-probs) as a module: DDP wraps this, so it sees the whole training forward, including
-    the from-hidden path that calls model.model and model.lm_head.weight rather than model's own forward."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, T: int, temperature: float, limit: int | None, from_hidden: bool):
-        return token_logprobs(self.model, input_ids, attention_mask, T, temperature, limit, from_hidden)
-
-
-def policy_forward(model, device: torch.device) -> torch.nn.Module:
-    """SETUP: what the training forward goes through: PolicyForward(model), under torchrun wrapped in DDP (with the
-    gradients kept in DDP's all-reduce buckets: no second copy)."""
-    forward, ids = PolicyForward(model), [device.index] if device.type == "cuda" else None
-    ddp = torch.nn.parallel.DistributedDataParallel
-    return ddp(forward, ids, gradient_as_bucket_view=True) if world_size() > 1 else forward
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Data & templates
-
-
-def read_rows(source: str, subset: str = "", split: str = "train") -> list[dict]:
-    """Raw rows of a .jsonl / .json / .parquet file, a folder of such files, or a Hugging Face dataset name."""
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
-        if not files:
-            raise FileNotFoundError(f"{source}: folder holds no .jsonl/.json/.parquet files")
-        return [row for p in files for row in read_rows(str(p))]
-    if path.suffix in (".jsonl", ".json"):
-        if not path.is_file():
-            raise FileNotFoundError(f"data file {source} not found")
-        return read_jsonl(path)  # eval.py's reader: a bad line is an error naming the file and line
-    if path.suffix == ".parquet":
-        if not path.is_file():
-            raise FileNotFoundError(f"data file {source} not found")
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise RuntimeError(f"reading {source} needs pyarrow (pip install pyarrow)") from None
-        return pq.read_table(path).to_pylist()
-    if path.exists() or source.startswith((".", "/")):
-        raise ValueError(f"{source}: expected a .jsonl, .json or .parquet file, a folder of them, or a dataset name")
-    try:
-        import datasets
-    except ImportError:
-        raise RuntimeError(f"{source} is not a local file, and loading it from the HF hub needs `datasets`") from None
-    return [dict(r) for r in datasets.load_dataset(source, subset or None, split=split)]
-
-
-def clean_rows(raw: list[dict], problem_field: str, answer_field: str, source: str) -> tuple[list[dict], int]:
-    """[{"problem", "answer"}] from raw rows; rows with a missing or empty problem or answer are skipped and counted.
-
-    The answer may be a string, a number or a list of accepted answers (kept as a list of strings).
-    """
-    if raw and not any(problem_field in r or "question" in r for r in raw):
-        raise ValueError(f"{source}: no row has the field {problem_field!r}; fields of row 0: {sorted(raw[0])}")
-    if raw and not any(answer_field in r for r in raw):
-        raise ValueError(f"{source}: no row has the field {answer_field!r}; fields of row 0: {sorted(raw[0])}")
-    rows, skipped = [], 0
-    for r in raw:
-        problem = r.get(problem_field, r.get("question")) if isinstance(r, dict) else None
-        answer = r.get(answer_field) if isinstance(r, dict) else None
-        answers = [str(a).strip() for a in (answer if isinstance(answer, list) else [answer]) if a is not None]
-        answers = [a for a in answers if a]
-        if not isinstance(problem, str) or not problem.strip() or not answers:
-            skipped += 1
-            continue
-        rows.append({"problem": problem, "answer": answers[0] if len(answers) == 1 else answers})
-    return rows, skipped
 
 
 def template_names(cfg: Config) -> list[str]:
@@ -429,6 +308,20 @@ def filter_long_prompts(rows: list[dict], tokenizer, names: list[str], max_token
     return kept, len(rows) - len(kept)
 
 
+def train_rows(cfg: Config, tokenizer, names: list[str]) -> tuple[list[dict], int]:
+    """SETUP: the usable training rows (problem and answer present, prompt short enough) and the run's step count."""
+    raw = read_rows(cfg.train_data, cfg.train_subset, cfg.train_split)
+    rows, n_bad = clean_rows(raw, cfg.problem_field, cfg.answer_field, cfg.train_data)
+    rows, n_long = filter_long_prompts(rows, tokenizer, names, cfg.max_prompt_tokens)
+    if len(rows) < cfg.prompts_per_step:
+        raise ValueError(f"{cfg.train_data}: {len(rows)} usable rows, fewer than --prompts-per-step {cfg.prompts_per_step}")
+    steps_per_epoch = len(rows) // cfg.prompts_per_step
+    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or 10**12)
+    print0(f"data: {len(raw)} rows, {n_bad} skipped (missing problem/answer), {n_long} filtered (prompt > "
+           f"{cfg.max_prompt_tokens} tokens), {len(rows)} used; {steps_per_epoch} steps/epoch, {total_steps} steps")  # fmt: skip
+    return rows, total_steps
+
+
 def batch_indices(step: int, num_rows: int, batch: int, seed: int) -> tuple[int, list[int]]:
     """(epoch, dataset indices) of a step: a fresh permutation per epoch, a function of (seed, step) only, so that a
     resumed run sees exactly the data order of the uninterrupted one. An incomplete last batch is dropped."""
@@ -437,6 +330,16 @@ def batch_indices(step: int, num_rows: int, batch: int, seed: int) -> tuple[int,
     order = list(range(num_rows))
     random.Random(f"data/{seed}/{epoch}").shuffle(order)
     return epoch, order[k * batch : (k + 1) * batch]
+
+
+def step_prompts(cfg: Config, step: int, rows: list[dict], names: list[str], tokenizer):
+    """This rank's B prompts of a step: (epoch, dataset indices, template names, prompt token ids). One template per
+    prompt, shared by its whole group; with --aug drawn per (seed, epoch, row) (arXiv:2602.03190v1 Sec. 3)."""
+    epoch, idx = batch_indices(step, len(rows), cfg.prompts_per_step, cfg.seed)
+    idx = [idx[k] for k in rank_share(cfg.prompts_per_step, cfg.mini_batch_prompts, rank(), world_size())]  # B of them
+    tmpl = [draw_template(cfg.seed, epoch, i, names) if cfg.aug else cfg.template for i in idx]  # ALGO: aug
+    prompt_ids = [tokenizer.encode(render(t, rows[i]["problem"]), add_special_tokens=False) for t, i in zip(tmpl, idx)]
+    return epoch, idx, tmpl, prompt_ids
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -464,13 +367,6 @@ def vocab_limit(model, tokenizer) -> int | None:
     return len(tokenizer) if len(tokenizer) < model.config.vocab_size else None
 
 
-def frozen_copy(model):
-    """The frozen initial policy: AAPO's reference sampler and the KL reference."""
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Rollouts
 
@@ -483,14 +379,12 @@ def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
     the trainer's pushed at once (no disk read, the resumed weights on --resume, the per-step push used from step 0).
     The reference engine reads --model from disk, never gets a push, and holds --ref-gpu-memory-utilization awake
     (3.1 GB of CPU RAM asleep) all run, for --aapo-ref fresh and cache alike (cache only samples pairs never drawn).
-    Under torchrun every rank builds its own engines, on its own device, in torchrun's process group (external_launcher,
-    engine_vllm.py). vLLM's global seed is --seed on every rank, since vLLM also re-seeds the process's RNGs with it and
-    the ranks stay alike; the rank is in each rollout's request seeds (rollout_seed)."""
+    Under torchrun each rank builds its own engines in torchrun's process group (external_launcher); vLLM's seed is
+    --seed on every rank (it re-seeds the process RNGs, which must stay alike), the rank is in the request seeds."""
     if cfg.engine == "transformers":
         from engine import TransformersEngine
 
-        limit = vocab_limit(model, tokenizer)
-        return TransformersEngine(model, tokenizer, batch_size=cfg.gen_batch_size, vocab_limit=limit)
+        return TransformersEngine(model, tokenizer, batch_size=cfg.gen_batch_size, vocab_limit=vocab_limit(model, tokenizer))
     from engine_vllm import VLLMEngine
 
     engine = VLLMEngine(
@@ -506,9 +400,19 @@ def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
 
 def rollout_seed(seed: int, step: int, stream: int, rank: int = 0) -> int:
     """Seed of one generate() call: a function of (run seed, step, stream, rank), so resuming replays the same samples;
-    ranks are 2^40 + 2^24 apart, so no two (step, stream, rank) of a run share a seed. The 2^24 is for CPUs: torch's
-    CPU generator (mt19937, used by both engines there) keeps only a seed's low 32 bits, which 2^40 leaves alike."""
+    ranks are 2^40 + 2^24 apart, so no two share a seed (+ 2^24: torch's CPU generator keeps only the low 32 bits)."""
     return (seed * 1_000_003 + step) * 4 + stream + rank * (2**40 + 2**24)  # stream 0 policy, 1 reference, 2 cache fill
+
+
+def reference_rollouts(cfg: Config, ref_engine, step: int, prompt_ids: list, keys: list, ref_cache: dict):
+    """AAPO's reference samples to grade: G for every prompt with --aapo-ref fresh (the paper), with cache only for the
+    (row, template) keys never drawn. Returns (positions b among the B prompts, their [len][G] completions)."""
+    ref_rows = [b for b, key in enumerate(keys) if cfg.aapo_ref == "fresh" or key not in ref_cache]
+    if cfg.estimator != "aapo" or not ref_rows:  # grpo, drgrpo: no reference; cache: every pair drawn before
+        return [], []
+    ref_comps = ref_engine.generate([prompt_ids[b] for b in ref_rows], cfg.group_size, cfg.max_new_tokens,
+                                    cfg.temperature, cfg.top_p, seed=rollout_seed(cfg.seed, step, 1, rank()))  # fmt: skip
+    return ref_rows, ref_comps
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -537,6 +441,23 @@ def score(cfg: Config, completions: list, golds: list, names: list[str]) -> dict
     if cfg.overlong == "zero":  # ALGO: DAPO-style overlong penalty, the simplest form (arXiv:2503.14476v1 Sec. 3.4)
         res["reward"] = res["reward"] * (1 - res["truncated"])
     return res
+
+
+def step_rewards(cfg: Config, comps, ref_comps, ref_rows, golds, keys, ref_cache: dict):
+    """score() of the policy's [B][G] and the reference's samples in one parallel batch. Returns the policy's (B, G)
+    results, AAPO's (B, G) reference rewards (None for grpo/drgrpo) and its aapo/ref_samples and aapo/cache_size."""
+    B, tmpl = len(comps), [t for _, t in keys]
+    res = score(cfg, comps + ref_comps, golds + [golds[b] for b in ref_rows], tmpl + [tmpl[b] for b in ref_rows])
+    res, ref_res = {k: v[:B] for k, v in res.items()}, {k: v[B:] for k, v in res.items()}
+    if cfg.estimator != "aapo":
+        return res, None, {}
+    # every rank gets every rank's new reference rewards: one cache, as one process
+    new_refs = all_items([(keys[b], ref_res["reward"][j].tolist()) for j, b in enumerate(ref_rows)])
+    ref_cache.update(new_refs)
+    ref_rewards = torch.tensor([ref_cache[key] for key in keys], dtype=torch.float64)  # (B, G)
+    if cfg.aapo_ref == "fresh":
+        ref_cache.clear()  # fresh samples each step: nothing is kept
+    return res, ref_rewards, {"aapo/ref_samples": len(new_refs) * cfg.group_size, "aapo/cache_size": len(ref_cache)}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -606,6 +527,35 @@ def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
     return input_ids, attention_mask, attention_mask[:, P:].clone()
 
 
+def batch_tensors(comps: list, prompt_ids: list, keep: torch.Tensor, adv: torch.Tensor, pad_id: int, device) -> dict:
+    """The rollout batch as this rank's tensors (update_policy's `batch`): sequence b*G + g is sample g of prompt b.
+    old_logp, entropy and ref_logp start as zeros, filled by old_logprobs() or by the training forward (deviation 3)."""
+    responses = [c.token_ids for group in comps for c in group]
+    seq_prompts = [p for p, group in zip(prompt_ids, comps) for _ in group]
+    input_ids, attn, resp_mask = pad_batch(seq_prompts, responses, pad_id)
+    N, T = resp_mask.shape  # N = B*G
+    engine_logp = torch.zeros(N, T)  # (N, T) sampling log-probs reported by the engine
+    for n, c in enumerate(c for group in comps for c in group):
+        engine_logp[n, : len(c.logprobs)] = torch.tensor(c.logprobs)
+    seq_lens = [(len(p), len(r)) for p, r in zip(seq_prompts, responses)]  # for --micro-batch-tokens
+    return dict(input_ids=input_ids.to(device), attn=attn.to(device), resp_mask=resp_mask, seq_lens=seq_lens,
+                loss_mask=resp_mask.float() * keep.view(N, 1), adv=adv.view(N).float(), engine_logp=engine_logp,
+                old_logp=torch.zeros(N, T), entropy=torch.zeros(N, T), ref_logp=torch.zeros(N, T))  # (N, T) each
+
+
+def old_logprobs(cfg: Config, model, ref_model, batch: dict, limit: int | None) -> None:
+    """Fill batch's old_logp and entropy (N, T), and ref_logp for the KL, in a no-grad pass over the rollout batch."""
+    N, device = batch["resp_mask"].shape[0], batch["input_ids"].device
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16):
+        for rows_mb in micro_batches(torch.arange(N), batch["seq_lens"], cfg.micro_batch_size, cfg.micro_batch_tokens):
+            ids, am, t = trim(rows_mb, batch["input_ids"], batch["attn"], batch["resp_mask"])
+            lp, ent = token_logprobs(model, ids, am, t, cfg.temperature, limit, cfg.logp_from_hidden)
+            batch["old_logp"][rows_mb, :t], batch["entropy"][rows_mb, :t] = lp.float().cpu(), ent.float().cpu()
+            if cfg.kl_coef > 0:
+                lp_ref, _ = token_logprobs(ref_model, ids, am, t, cfg.temperature, limit, cfg.logp_from_hidden)
+                batch["ref_logp"][rows_mb, :t] = lp_ref.float().cpu()
+
+
 def token_logprobs(model, input_ids, attention_mask, T: int, temperature: float, limit: int | None, from_hidden: bool):
     """Log-prob of each response token and the entropy of the full next-token distribution, both (N, T).
 
@@ -624,6 +574,23 @@ def token_logprobs(model, input_ids, attention_mask, T: int, temperature: float,
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1)
     logits = out.logits[:, :-1]  # (N, T, V)
     return logprob_entropy(logits, targets, temperature=temperature, vocab_limit=limit)  # (N, T), (N, T)
+
+
+class PolicyForward(torch.nn.Module):
+    """token_logprobs as a module: DDP (distributed.py) wraps this, so it sees the whole training forward, including
+    the from-hidden path that calls model.model and model.lm_head.weight rather than model's own forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, T: int, temperature: float, limit: int | None, from_hidden: bool):
+        return token_logprobs(self.model, input_ids, attention_mask, T, temperature, limit, from_hidden)
+
+
+def policy_forward(model, device: torch.device) -> torch.nn.Module:
+    """SETUP: what the training forward goes through: PolicyForward(model), under torchrun wrapped in DDP."""
+    return ddp(PolicyForward(model), device)
 
 
 def trim(rows: torch.Tensor, input_ids, attention_mask, resp_mask):
@@ -753,87 +720,21 @@ def tis_weight(old_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float) ->
 # Eval
 
 
-def load_eval_rows(cfg: Config) -> list[dict]:
-    """Held-out questions as eval.py rows {"benchmark", "id", "problem", "answers"}."""
-    import eval as evaluation
-
-    if cfg.eval_data:
-        rows, _ = clean_rows(read_rows(cfg.eval_data, split="test"), cfg.problem_field, cfg.answer_field, cfg.eval_data)
-        rows = rows[: cfg.eval_limit or None]
-        return [
-            {"benchmark": "heldout", "id": f"heldout-{i}", "problem": r["problem"], "answers": _as_list(r["answer"])}
-            for i, r in enumerate(rows)
-        ]
-    names = [b.strip() for b in cfg.eval_benchmarks.split(",") if b.strip()]
-    return [row for b in names for row in evaluation.load_benchmark(b, cfg.eval_data_dir or None, limit=cfg.eval_limit)]
-
-
 def run_eval(cfg: Config, engine, tokenizer, rows: list[dict]) -> dict:
     """Greedy accuracy with the eval template, graded exactly as eval.py does (boxed answer, verify.grade_batch).
     Under torchrun each rank evaluates rows rank, rank + world, ...; the records are gathered back into row order."""
-    import eval as evaluation
-
-    world = world_size()
     records = evaluation.evaluate(
-        engine, tokenizer, rows[rank() :: world], template=cfg.eval_template, max_new_tokens=cfg.eval_max_new_tokens,
-        context=cfg.eval_context, temperature=0.0, seed=cfg.seed, timeout=cfg.reward_timeout,
+        engine, tokenizer, rows[rank() :: world_size()], template=cfg.eval_template, context=cfg.eval_context,
+        max_new_tokens=cfg.eval_max_new_tokens, temperature=0.0, seed=cfg.seed, timeout=cfg.reward_timeout,
         workers=cfg.reward_workers or None, progress=cfg.progress and rank() == 0,
     )  # fmt: skip
-    parts = all_objects(records)  # one record per row: row i is record i // world of rank i % world
-    records = [parts[i % world][i // world] for i in range(len(rows))]
+    records = all_strided(records, len(rows))  # one record per row, back in row order
     per_bench = evaluation.score(records)
     metrics = {"eval/accuracy": evaluation.summarize(per_bench)["micro"] / 100}  # question-weighted
     if len(per_bench) > 1:
         metrics.update({f"eval/{b}": r["accuracy"] / 100 for b, r in per_bench.items()})
     metrics["eval/response_len"] = sum(r["tokens"] for r in records) / max(len(records), 1)
     return metrics
-
-
-def _as_list(answer) -> list[str]:
-    return answer if isinstance(answer, list) else [answer]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_checkpoint(out: Path, step: int, model, tokenizer, optimizer, extra: dict, keep: int) -> Path:
-    """checkpoint-<step>/: HF model + tokenizer, and trainer_state.pt; written to a temp dir, then renamed (atomic)."""
-    final, tmp = out / f"checkpoint-{step}", out / f".tmp-checkpoint-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": rng, **extra}, tmp / "trainer_state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    if keep > 0:
-        for old in sorted(checkpoints(out))[:-keep]:
-            shutil.rmtree(old[1], ignore_errors=True)
-    return final
-
-
-def checkpoints(out: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints in out, as (step, path) sorted by step."""
-    found = [(int(p.name.split("-")[1]), p) for p in out.glob("checkpoint-*") if (p / "trainer_state.pt").exists()]
-    return sorted(found)
-
-
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keep the lines of metrics/samples files up to last_step: a resumed run rewrites what came after. A line cut
-    short by the kill (not valid JSON) is dropped too."""
-    if path.exists():
-        rows = [(line, _json_or_none(line)) for line in path.read_text().splitlines()]
-        path.write_text("".join(line + "\n" for line, row in rows if row is not None and row.get("step", 0) <= last_step))
-
-
-def _json_or_none(line: str) -> dict | None:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        return None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -893,16 +794,76 @@ def update_policy(cfg: Config, forward, optimizer, batch: dict, limit: int | Non
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(argv)
-    rank, world, device = init_distributed(pick_device(cfg.device))  # (0, 1, the device) without torchrun
+def step_metrics(cfg: Config, step: int, epoch: int, lr: float, res: dict, adv, zero_var, batch: dict, upd: dict,
+                 tmpl: list[str], ref_rewards, ref_stats: dict, timing: dict, t_step: float) -> dict:  # fmt: skip
+    """A step's metrics (docs/metrics.md) over all ranks: sums and counts all-reduced, (B, G) tensors and template
+    draws gathered rank after rank (in one process: as they are). upd: update_policy's; timing: the phases' seconds."""
+    G, world = cfg.group_size, world_size()
+    entropy, old_logp, engine_logp, loss_mask = (batch[k] for k in ("entropy", "old_logp", "engine_logp", "loss_mask"))
+    rmask = batch["resp_mask"].float()  # (N, T)
+    sums = all_sum(torch.stack([(entropy * rmask).sum(), (old_logp * rmask).sum(),
+                                ((engine_logp - old_logp).abs() * rmask).sum(), rmask.sum(), batch["attn"].sum().float().cpu()]))  # fmt: skip
+    n_resp_tokens = sums[3].item()
+    g = {k: all_cat(v) for k, v in [*res.items(), ("adv", adv), ("zero_var", zero_var.float())]}  # (B*world, G)
+    clip_w, clip_fw, loss_sum, kl_sum, n_micro = all_sum(torch.tensor(
+        [sum(w for _, w in upd["clip_fracs"]), sum(f * w for f, w in upd["clip_fracs"]), sum(upd["losses"]),
+         sum(upd["kls"]), len(upd["kls"])], dtype=torch.float64)).tolist()  # fmt: skip
+    grad_norms = upd["grad_norms"]  # the same on every rank (after DDP's all-reduce)
+    metrics = {
+        "step": step,
+        "epoch": epoch,
+        "train/reward": g["reward"].mean().item(),
+        "train/accuracy": g["accuracy"].mean().item(),
+        "train/format": g["format"].mean().item(),
+        "train/entropy": sums[0].item() / max(n_resp_tokens, 1),
+        "train/nll_sampled": -sums[1].item() / max(n_resp_tokens, 1),
+        "train/logp_diff": sums[2].item() / max(n_resp_tokens, 1),
+        "train/response_len": n_resp_tokens / (rmask.shape[0] * world),
+        "train/truncated": g["truncated"].mean().item(),
+        "train/clip_frac": clip_fw / clip_w if clip_w else 0.0,
+        "train/zero_var_groups": g["zero_var"].mean().item(),
+        "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
+        "train/loss": loss_sum / len(grad_norms) if grad_norms else 0.0,  # mean over optimizer steps, all ranks
+        "train/adv_abs": g["adv"].abs().mean().item(),
+        "train/updates": len(grad_norms),
+        "train/lr": lr,
+    }
+    if cfg.kl_coef > 0:
+        metrics["train/kl"] = kl_sum / n_micro
+    if cfg.tis_cap > 0:
+        truncated = tis_weight(old_logp, engine_logp, cfg.tis_cap)[1].float()  # (N, T)
+        tis = all_sum(torch.stack([(truncated * loss_mask).sum(), loss_mask.sum()]))
+        metrics["train/tis_clip_frac"] = (tis[0] / tis[1].clamp(min=1)).item()
+    if cfg.estimator == "aapo":
+        g_ref = all_cat(ref_rewards)  # (B*world, G)
+        margin = aapo_margin(g["reward"], g_ref)
+        metrics.update({
+            "aapo/ref_reward": g_ref.mean().item(),
+            "aapo/margin_mean": margin.mean().item(),
+            "aapo/margin_abs": margin.abs().mean().item(),
+            "aapo/margin_clipped": ((margin < -cfg.aapo_delta_low) | (margin > cfg.aapo_delta_high)).double().mean().item(),
+            **ref_stats,  # aapo/ref_samples, aapo/cache_size
+        })  # fmt: skip
+    if cfg.aug:
+        g_tmpl = all_items(tmpl)  # rank after rank, as g
+        for name in sorted(set(g_tmpl)):
+            sel = torch.tensor([t == name for t in g_tmpl])  # (B*world,)
+            seq_sel = torch.tensor([t == name for t in tmpl]).repeat_interleave(G)  # (N,) this rank's
+            ent = all_sum(torch.stack([(entropy[seq_sel] * rmask[seq_sel]).sum(), rmask[seq_sel].sum()]))
+            metrics[f"template/{name}/accuracy"] = g["accuracy"][sel].mean().item()
+            metrics[f"template/{name}/entropy"] = (ent[0] / ent[1].clamp(min=1)).item()
+            metrics[f"template/{name}/prompts"] = int(sel.sum())
+    metrics.update(timing, **{"time/step": time.time() - t_step})
+    metrics["perf/gen_tokens_per_s"] = n_resp_tokens / max(timing["time/generate"], 1e-9)
+    metrics["perf/train_tokens_per_s"] = sums[4].item() * cfg.ppo_epochs / max(timing["time/train"], 1e-9)
+    return metrics
+
+
+def setup_run(cfg: Config, rank: int, world: int):
+    """SETUP: the run folder (--resume, --overwrite), the tiny world (--preset tiny), the config printed and saved.
+    Returns cfg (with the tiny world's paths), out, the checkpoint to resume from (or None), templates and run name."""
     out = Path(cfg.out)
-    if (out / "metrics.jsonl").exists() and not (cfg.resume or cfg.overwrite):
-        raise SystemExit(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
-    if cfg.overwrite and not cfg.resume and rank == 0:
-        for p in [out / "metrics.jsonl", out / "samples.jsonl", *(p for _, p in checkpoints(out))]:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out, cfg.resume, cfg.overwrite, writer=rank == 0)
     if cfg.preset == "tiny":  # SETUP: the tiny world (warm-started model + data), built once and cached by tiny.py
         import tiny
 
@@ -913,19 +874,21 @@ def main(argv: list[str] | None = None) -> None:
                       eval_data=cfg.eval_data or tiny_world["eval"])  # fmt: skip
     barrier()  # rank 0 is done with --overwrite's deletions
     resume_from = checkpoints(out)[-1] if cfg.resume and checkpoints(out) else None
-    seed_everything(cfg.seed)
-    kind, names = loss_kind(cfg), (template_names(cfg) if cfg.aug else [cfg.template])
-    run_name = f"{cfg.estimator}-{kind}{'-aug' if cfg.aug else ''}-{cfg.agg}-s{cfg.seed}"
+    names = template_names(cfg) if cfg.aug else [cfg.template]
+    run_name = f"{cfg.estimator}-{loss_kind(cfg)}{'-aug' if cfg.aug else ''}-{cfg.agg}-s{cfg.seed}"
     print0(f"run {run_name}\n| param | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items()))
     print0(f"torchrun: {world} ranks, {cfg.prompts_per_step // world} prompts per rank per step") if world > 1 else None
     if rank == 0:  # SETUP: rank 0 alone writes files (config, metrics, samples, checkpoints) and logs to trackers
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return cfg, out, resume_from, names, run_name
 
-    # SETUP: model, tokenizer, engines. The policy's initial weights are also AAPO's frozen reference (vllm: from disk).
+
+def setup_model(cfg: Config, device: torch.device, resume_from: tuple[int, Path] | None):
+    """SETUP: (model, ref_model, tokenizer, engine, ref_engine, optimizer). The policy's initial weights are also
+    AAPO's frozen reference (vllm: read from disk) and the KL's; on --resume the policy gets the checkpoint's."""
     model, tokenizer = load_model_and_tokenizer(cfg, device)
-    limit = vocab_limit(model, tokenizer)
     need_ref = (cfg.estimator == "aapo" and cfg.engine == "transformers") or cfg.kl_coef > 0
-    ref_model = frozen_copy(model) if need_ref else None  # before any resume: the reference is the initial policy
+    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if need_ref else None  # frozen, before any resume
     if resume_from:
         from transformers import AutoModelForCausalLM
 
@@ -935,128 +898,73 @@ def main(argv: list[str] | None = None) -> None:
     ref_engine = None
     if cfg.estimator == "aapo":  # vllm: the policy only lends its config (the reference engine reads --model)
         ref_engine = make_engine(cfg, model if ref_model is None else ref_model, tokenizer, reference=True)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
-    )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    return model, ref_model, tokenizer, engine, ref_engine, optimizer
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(argv)
+    rank, world, device = init_distributed(pick_device(cfg.device))  # (0, 1, the device) without torchrun
+    cfg, out, resume_from, names, run_name = setup_run(cfg, rank, world)
+    seed_everything(cfg.seed)
+    model, ref_model, tokenizer, engine, ref_engine, optimizer = setup_model(cfg, device, resume_from)
+    limit = vocab_limit(model, tokenizer)
     train_forward = policy_forward(model, device)  # DDP under torchrun; rollouts, eval and old log-probs use `model`
-
-    # SETUP: data
-    raw = read_rows(cfg.train_data, cfg.train_subset, cfg.train_split)
-    rows, n_bad = clean_rows(raw, cfg.problem_field, cfg.answer_field, cfg.train_data)
-    rows, n_long = filter_long_prompts(rows, tokenizer, names, cfg.max_prompt_tokens)
-    if len(rows) < cfg.prompts_per_step:
-        raise ValueError(f"{cfg.train_data}: {len(rows)} usable rows, fewer than --prompts-per-step {cfg.prompts_per_step}")
-    steps_per_epoch = len(rows) // cfg.prompts_per_step
-    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or 10**12)
-    print0(f"data: {len(raw)} rows, {n_bad} skipped (missing problem/answer), {n_long} filtered (prompt > "
-           f"{cfg.max_prompt_tokens} tokens), {len(rows)} used; {steps_per_epoch} steps/epoch, {total_steps} steps")  # fmt: skip
+    rows, total_steps = train_rows(cfg, tokenizer, names)
     eval_rows = load_eval_rows(cfg) if cfg.eval_every > 0 else []
-
-    start, ref_cache = 0, {}  # ref_cache: (row index, template) -> G reference rewards (--aapo-ref cache)
-    if resume_from:
-        state = torch.load(resume_from[1] / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        start, ref_cache = state["step"], state["ref_cache"]
-        print0(f"resumed from {resume_from[1]} at step {start}")
-    if cfg.resume and rank == 0:  # rows after the checkpoint (all of them if killed before the first) are redone
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            truncate_jsonl(out / name, start if resume_from else -1)
+    state = restore_state(out, cfg.resume, resume_from, optimizer, writer=rank == 0)  # {} when not resuming
+    start, ref_cache = state.get("step", 0), state.get("ref_cache", {})  # ref_cache: (row, template) -> G ref rewards
     trackers = Trackers(cfg, run_name) if rank == 0 else None
     if cfg.eval_every > 0 and start == 0:  # the "before" point of every curve
         t0 = time.time()
         metrics = {"step": 0, **run_eval(cfg, engine, tokenizer, eval_rows), "time/eval": time.time() - t0}
-        if rank == 0:
-            append_jsonl(out / "metrics.jsonl", metrics)
-            trackers.log(metrics, 0)
-        print0(f"step {0:5d} | eval acc {metrics['eval/accuracy']:.3f}")
+        log_step(out, trackers, metrics, total_steps)
 
     B, G = cfg.prompts_per_step // world, cfg.group_size  # B: this rank's prompts per step
     n_updates = cfg.ppo_epochs * (cfg.prompts_per_step // cfg.mini_batch_prompts)
     for step in range(start, total_steps):
-        t_step = time.time()
-        timing = {}
+        t_step, timing = time.time(), {}
         for group in optimizer.param_groups:  # ALGO: --lr-schedule (constant in the papers)
             group["lr"] = lr_at(cfg.lr, cfg.lr_schedule, step, total_steps)
+
         # ---- rollouts: one template per prompt (the whole group shares it), G samples each
-        epoch, idx = batch_indices(step, len(rows), cfg.prompts_per_step, cfg.seed)
-        idx = [idx[k] for k in rank_share(cfg.prompts_per_step, cfg.mini_batch_prompts, rank, world)]  # B of them
-        tmpl = [draw_template(cfg.seed, epoch, i, names) if cfg.aug else cfg.template for i in idx]  # ALGO: aug
-        prompt_ids = [tokenizer.encode(render(t, rows[i]["problem"]), add_special_tokens=False) for t, i in zip(tmpl, idx)]
-        golds = [rows[i]["answer"] for i in idx]
+        epoch, idx, tmpl, prompt_ids = step_prompts(cfg, step, rows, names, tokenizer)  # B of each
+        keys, golds = list(zip(idx, tmpl)), [rows[i]["answer"] for i in idx]  # keys of the AAPO reference cache
         t0 = time.time()
         comps = engine.generate(prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
                                 seed=rollout_seed(cfg.seed, step, 0, rank), progress=cfg.progress and rank == 0)  # [B][G] fmt: skip
-        ref_comps, ref_rows = [], []  # AAPO reference samples to grade: fresh every step, or once per (prompt, template)
-        if cfg.estimator == "aapo":
-            ref_rows = [b for b in range(B) if cfg.aapo_ref == "fresh" or (idx[b], tmpl[b]) not in ref_cache]
-            if ref_rows:
-                ref_comps = ref_engine.generate([prompt_ids[b] for b in ref_rows], G, cfg.max_new_tokens,
-                                                cfg.temperature, cfg.top_p, seed=rollout_seed(cfg.seed, step, 1, rank))  # fmt: skip
+        ref_rows, ref_comps = reference_rollouts(cfg, ref_engine, step, prompt_ids, keys, ref_cache)  # AAPO's
         timing["time/generate"] = time.time() - t0
 
         # ---- rewards (policy and reference samples graded in one parallel batch)
         t0 = time.time()
-        res = score(cfg, comps + ref_comps, golds + [golds[b] for b in ref_rows], tmpl + [tmpl[b] for b in ref_rows])
-        res, ref_res = {k: v[:B] for k, v in res.items()}, {k: v[B:] for k, v in res.items()}
-        rewards = res["reward"]  # (B, G)
-        ref_rewards = None
-        if cfg.estimator == "aapo":  # every rank gets every rank's new reference rewards: one cache, as one process
-            new_refs = [((idx[b], tmpl[b]), ref_res["reward"][j].tolist()) for j, b in enumerate(ref_rows)]
-            new_refs = [item for part in all_objects(new_refs) for item in part]
-            ref_cache.update(new_refs)
-            ref_rewards = torch.tensor([ref_cache[(i, t)] for i, t in zip(idx, tmpl)], dtype=torch.float64)  # (B, G)
-            if cfg.aapo_ref == "fresh":
-                ref_cache.clear()  # fresh samples each step: nothing is kept
+        res, ref_rewards, ref_stats = step_rewards(cfg, comps, ref_comps, ref_rows, golds, keys, ref_cache)  # (B, G)
         timing["time/reward"] = time.time() - t0
 
         # ---- advantages
-        adv = compute_advantages(rewards, cfg.estimator, ref_rewards, cfg.std_eps, cfg.aapo_std, cfg.aapo_std_eps,
-                                 cfg.aapo_delta_low, cfg.aapo_delta_high)  # (B, G) fmt: skip
-        zero_var = rewards.std(dim=1) == 0  # (B,)
+        adv = compute_advantages(res["reward"], cfg.estimator, ref_rewards, cfg.std_eps, cfg.aapo_std,
+                                 cfg.aapo_std_eps, cfg.aapo_delta_low, cfg.aapo_delta_high)  # (B, G) fmt: skip
+        zero_var = res["reward"].std(dim=1) == 0  # (B,)
         keep = torch.ones(B, G)  # (B, G) sequences that enter the loss
         if cfg.dynamic_sampling:  # ALGO: DAPO dynamic sampling, without refilling (deviation 4)
             keep[zero_var] = 0
         if cfg.overlong == "mask":  # ALGO: overlong filtering, DAPO Sec. 3.4
             keep = keep * (1 - res["truncated"].float())
 
-        # ---- batch tensors: sequence b*G + g is sample g of prompt b
-        responses = [c.token_ids for group in comps for c in group]
-        seq_prompts = [p for p in prompt_ids for _ in range(G)]
-        input_ids, attn, resp_mask = pad_batch(seq_prompts, responses, tokenizer.pad_token_id)
-        seq_lens = [(len(p), len(r)) for p, r in zip(seq_prompts, responses)]  # for --micro-batch-tokens
-        N, T = resp_mask.shape  # N = B*G
-        loss_mask = resp_mask.float() * keep.view(N, 1)  # (N, T)
-        b_adv = adv.view(N).float()  # (N,)
-        engine_logp = torch.zeros(N, T)  # (N, T) sampling log-probs reported by the engine
-        for n, c in enumerate(c for group in comps for c in group):
-            engine_logp[n, : len(c.logprobs)] = torch.tensor(c.logprobs)
-        input_ids, attn = input_ids.to(device), attn.to(device)
+        # ---- batch tensors: sequence b*G + g is sample g of prompt b, (B*G, ...) each
+        batch = batch_tensors(comps, prompt_ids, keep, adv, tokenizer.pad_token_id, device)
 
         # ---- old log-probs (and reference log-probs for the KL): needed when the rollout batch gets several updates
         t0 = time.time()
         engine.sleep()  # vLLM frees its GPU memory (AAPO's reference engine sleeps with it); no-op for transformers
-        old_logp, entropy, ref_logp = torch.zeros(N, T), torch.zeros(N, T), torch.zeros(N, T)  # (N, T) each
-        if n_updates > 1 or cfg.kl_coef > 0:
-            with torch.no_grad(), autocast:
-                for rows_mb in micro_batches(torch.arange(N), seq_lens, cfg.micro_batch_size, cfg.micro_batch_tokens):
-                    ids, am, t = trim(rows_mb, input_ids, attn, resp_mask)
-                    lp, ent = token_logprobs(model, ids, am, t, cfg.temperature, limit, cfg.logp_from_hidden)
-                    old_logp[rows_mb, :t], entropy[rows_mb, :t] = lp.float().cpu(), ent.float().cpu()
-                    if cfg.kl_coef > 0:
-                        lp_ref, _ = token_logprobs(ref_model, ids, am, t, cfg.temperature, limit, cfg.logp_from_hidden)
-                        ref_logp[rows_mb, :t] = lp_ref.float().cpu()
+        if n_updates > 1 or cfg.kl_coef > 0:  # else the training forward's own, detached (deviation 3)
+            old_logprobs(cfg, model, ref_model, batch, limit)
         timing["time/logprobs"] = time.time() - t0
 
         # ---- policy update: mini-batches of whole groups, micro-batches for memory, one normaliser per mini-batch
         t0 = time.time()
         model.train()
-        batch = dict(input_ids=input_ids, attn=attn, resp_mask=resp_mask, loss_mask=loss_mask, adv=b_adv,
-                     old_logp=old_logp, entropy=entropy, engine_logp=engine_logp, ref_logp=ref_logp, seq_lens=seq_lens)  # fmt: skip
         upd = update_policy(cfg, train_forward, optimizer, batch, limit)
         model.eval()
         optimizer.zero_grad(set_to_none=True)  # free the gradients (6.2 GB at 1.5B) before vLLM wakes
@@ -1064,92 +972,17 @@ def main(argv: list[str] | None = None) -> None:
         engine.wake_up()  # vLLM: weights, push, KV cache, prefix caches reset (of the reference engine too)
         timing["time/train"] = time.time() - t0
 
-        # ---- metrics over all ranks: sums and counts summed, (B, G) tensors gathered (in one process: as they are)
-        done = step + 1
-        rmask = resp_mask.float()
-        sums = all_sum(torch.stack([(entropy * rmask).sum(), (old_logp * rmask).sum(),
-                                    ((engine_logp - old_logp).abs() * rmask).sum(), rmask.sum(), attn.sum().float().cpu()]))  # fmt: skip
-        n_resp_tokens = sums[3].item()
-        g = {k: torch.cat(all_objects(v)) for k, v in [*res.items(), ("adv", adv), ("zero_var", zero_var.float())]}
-        clip_w, clip_fw, loss_sum, kl_sum, n_micro = all_sum(torch.tensor(
-            [sum(w for _, w in upd["clip_fracs"]), sum(f * w for f, w in upd["clip_fracs"]), sum(upd["losses"]),
-             sum(upd["kls"]), len(upd["kls"])], dtype=torch.float64)).tolist()  # fmt: skip
-        grad_norms = upd["grad_norms"]  # the same on every rank (after DDP's all-reduce)
-        metrics = {
-            "step": done,
-            "epoch": epoch,
-            "train/reward": g["reward"].mean().item(),
-            "train/accuracy": g["accuracy"].mean().item(),
-            "train/format": g["format"].mean().item(),
-            "train/entropy": sums[0].item() / max(n_resp_tokens, 1),
-            "train/nll_sampled": -sums[1].item() / max(n_resp_tokens, 1),
-            "train/logp_diff": sums[2].item() / max(n_resp_tokens, 1),
-            "train/response_len": n_resp_tokens / (N * world),
-            "train/truncated": g["truncated"].mean().item(),
-            "train/clip_frac": clip_fw / clip_w if clip_w else 0.0,
-            "train/zero_var_groups": g["zero_var"].mean().item(),
-            "train/grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
-            "train/loss": loss_sum / len(grad_norms) if grad_norms else 0.0,  # mean over optimizer steps, all ranks
-            "train/adv_abs": g["adv"].abs().mean().item(),
-            "train/updates": len(grad_norms),
-            "train/lr": optimizer.param_groups[0]["lr"],
-        }
-        if cfg.kl_coef > 0:
-            metrics["train/kl"] = kl_sum / n_micro
-        if cfg.tis_cap > 0:
-            truncated = tis_weight(old_logp, engine_logp, cfg.tis_cap)[1].float()  # (N, T)
-            tis = all_sum(torch.stack([(truncated * loss_mask).sum(), loss_mask.sum()]))
-            metrics["train/tis_clip_frac"] = (tis[0] / tis[1].clamp(min=1)).item()
-        if cfg.estimator == "aapo":
-            g_ref = torch.cat(all_objects(ref_rewards))  # (B*world, G)
-            margin = aapo_margin(g["reward"], g_ref)
-            metrics.update({
-                "aapo/ref_reward": g_ref.mean().item(),
-                "aapo/margin_mean": margin.mean().item(),
-                "aapo/margin_abs": margin.abs().mean().item(),
-                "aapo/margin_clipped": ((margin < -cfg.aapo_delta_low) | (margin > cfg.aapo_delta_high)).double().mean().item(),
-                "aapo/ref_samples": len(new_refs) * G,
-                "aapo/cache_size": len(ref_cache),
-            })  # fmt: skip
-        if cfg.aug:
-            g_tmpl = [t for part in all_objects(tmpl) for t in part]  # rank after rank, as g
-            for name in sorted(set(g_tmpl)):
-                sel = torch.tensor([t == name for t in g_tmpl])  # (B*world,)
-                seq_sel = torch.tensor([t == name for t in tmpl]).repeat_interleave(G)  # (N,) this rank's
-                ent = all_sum(torch.stack([(entropy[seq_sel] * rmask[seq_sel]).sum(), rmask[seq_sel].sum()]))
-                metrics[f"template/{name}/accuracy"] = g["accuracy"][sel].mean().item()
-                metrics[f"template/{name}/entropy"] = (ent[0] / ent[1].clamp(min=1)).item()
-                metrics[f"template/{name}/prompts"] = int(sel.sum())
-        timing["time/step"] = time.time() - t_step
-        metrics.update(timing)
-        metrics["perf/gen_tokens_per_s"] = n_resp_tokens / max(timing["time/generate"], 1e-9)
-        metrics["perf/train_tokens_per_s"] = sums[4].item() * cfg.ppo_epochs / max(timing["time/train"], 1e-9)
-
+        # ---- metrics (over all ranks), eval, logging, samples, checkpoint
+        done, lr = step + 1, optimizer.param_groups[0]["lr"]
+        metrics = step_metrics(cfg, done, epoch, lr, res, adv, zero_var, batch, upd, tmpl, ref_rewards, ref_stats,
+                               timing, t_step)  # fmt: skip
         if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == total_steps):
             t0 = time.time()
             metrics.update(run_eval(cfg, engine, tokenizer, eval_rows))
             metrics["time/eval"] = time.time() - t0
-        if rank == 0:
-            append_jsonl(out / "metrics.jsonl", metrics)
-            trackers.log(metrics, done)
-        line = (f"step {done:5d}/{total_steps} | reward {metrics['train/reward']:.3f} | acc {metrics['train/accuracy']:.3f}"
-                f" | fmt {metrics['train/format']:.2f} | len {metrics['train/response_len']:.1f}"
-                f" | ent {metrics['train/entropy']:.3f} | clip {metrics['train/clip_frac']:.3f}"
-                f" | gnorm {metrics['train/grad_norm']:.3f} | {timing['time/step']:.1f}s")  # fmt: skip
-        if "train/kl" in metrics:
-            line += f" | kl {metrics['train/kl']:.4f}"
-        if "eval/accuracy" in metrics:
-            line += f" | eval acc {metrics['eval/accuracy']:.3f}"
-        print0(line)
-
+        log_step(out, trackers, metrics, total_steps)
         if rank == 0 and cfg.samples_every > 0 and (done % cfg.samples_every == 0 or done == 1):  # rank 0's prompts
-            for b in range(min(cfg.num_samples, B)):
-                append_jsonl(out / "samples.jsonl", {
-                    "step": done, "template": tmpl[b], "prompt": render(tmpl[b], rows[idx[b]]["problem"]),
-                    "response": comps[b][0].text, "gold": golds[b], "reward": rewards[b, 0].item(),
-                    "accuracy": res["accuracy"][b, 0].item(), "format": res["format"][b, 0].item(),
-                    "advantage": adv[b, 0].item(), "finished": comps[b][0].finished,
-                })  # fmt: skip
+            dump_samples(out / "samples.jsonl", done, rows, idx, tmpl, comps, golds, res, adv, cfg.num_samples)
         if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == total_steps:
             if rank == 0:  # weights, AdamW state and AAPO cache (merged every step) are the same on every rank
                 extra = {"ref_cache": ref_cache}

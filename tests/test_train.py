@@ -608,7 +608,7 @@ def test_kill_and_resume_matches_uninterrupted_run(aapo_run, tmp_path):
 
 
 def test_truncate_jsonl_keeps_rows_up_to_the_step_and_drops_a_cut_line(tmp_path):
-    from train import truncate_jsonl
+    from outputs import truncate_jsonl  # moved from train.py with the rest of the run folder I/O
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 0, "a": 1}\n{"step": 1}\n{"step": 2}\n{"step": 3, "a"')  # the kill cut the last line

@@ -37,9 +37,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench_tiny import build_warm_start, mean_std  # noqa: E402
+from bench_tiny import mean_std, parse_configs, seed_cache, train_run  # noqa: E402
 from plot import load_metrics, plot, plot_bands, series  # noqa: E402
 
 CONFIGS = {  # name -> train.py flags (on top of --preset tiny and the study's schedule)
@@ -219,18 +217,12 @@ def fixed_train_set(cache: Path, seed: int, size: int) -> Path:
 
 
 def run(config: str, seed: int, out: Path, cache: Path, flags: list[str]) -> dict:
-    """One train.py run in its own folder; its summary row."""
+    """One configuration's run in its own folder; its summary row."""
     folder = out / f"{config}-s{seed}"
-    cmd = [sys.executable, "train.py", "--preset", "tiny", *CONFIGS[config], "--seed", str(seed), "--out", str(folder),
-           "--overwrite", *flags]  # fmt: skip
-    t0 = time.time()
-    with open(out / f"{config}-s{seed}.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "MATHRL_CACHE": str(cache)}, stdout=log, stderr=log)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {out / f'{config}-s{seed}.log'}")
+    seconds = train_run([*CONFIGS[config], *flags], seed, folder, cache)
     cfg = json.loads((folder / "config.json").read_text())
     summary = summarize_study_run(load_metrics(folder), cfg["prompts_per_step"] * cfg["group_size"])
-    return {"config": config, "seed": seed, "seconds": time.time() - t0, **summary}
+    return {"config": config, "seed": seed, "seconds": seconds, **summary}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,19 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-cache", action="store_true", help="keep <out>/cache-s<seed> if it exists")
     parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
     args = parser.parse_args(argv)
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    if unknown := [c for c in configs if c not in CONFIGS]:
-        raise SystemExit(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    configs = parse_configs(args.configs, CONFIGS)
     if args.train_size < 16:
         raise SystemExit(f"--train-size {args.train_size}: need at least 16 (the prompts of one step)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started, results, warm = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), [], {}
     for seed in args.seeds:
-        cache = out / f"cache-s{seed}"
-        if not args.reuse_cache:
-            shutil.rmtree(cache, ignore_errors=True)
-        warm[seed] = build_warm_start(cache, seed)
+        cache, warm[seed] = seed_cache(out, seed, args.reuse_cache)
         train = fixed_train_set(cache, seed, args.train_size)
         flags = ["--train-data", str(train), "--lr-schedule", "constant", "--max-steps", str(args.steps),
                  "--eval-every", str(args.eval_every), "--eval-limit", str(args.eval_limit), "--save-every", "100",

@@ -102,17 +102,37 @@ def build_warm_start(cache: Path, seed: int) -> float:
     return time.time() - t0
 
 
-def run(config: str, seed: int, out: Path, cache: Path, extra: list[str]) -> dict:
-    """One train.py run (its own folder, the seed's cache); its summary row."""
-    folder = out / f"{config}-s{seed}"
-    cmd = [sys.executable, "train.py", "--preset", "tiny", *CONFIGS[config], "--seed", str(seed), "--out", str(folder),
-           "--overwrite", *extra]  # fmt: skip
+def parse_configs(text: str, known: dict) -> list[str]:
+    """--configs "a,b" as a list, every name one of `known` (else a clear error)."""
+    configs = [c.strip() for c in text.split(",") if c.strip()]
+    if unknown := [c for c in configs if c not in known]:
+        raise SystemExit(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    return configs
+
+
+def seed_cache(out: Path, seed: int, reuse: bool) -> tuple[Path, float]:
+    """<out>/cache-s<seed> holding the seed's warm start, built from an empty folder unless `reuse`; (it, seconds)."""
+    cache = out / f"cache-s{seed}"
+    if not reuse:
+        shutil.rmtree(cache, ignore_errors=True)  # an empty cache: the warm start is built anew
+    return cache, build_warm_start(cache, seed)
+
+
+def train_run(flags: list[str], seed: int, folder: Path, cache: Path) -> float:
+    """One `train.py --preset tiny` run into `folder` (log beside it, <folder>.log) on the seed's cache; its seconds."""
+    cmd = [sys.executable, "train.py", "--preset", "tiny", *flags, "--seed", str(seed), "--out", str(folder), "--overwrite"]
     t0 = time.time()
-    with open(out / f"{config}-s{seed}.log", "w") as log:
+    with open(f"{folder}.log", "w") as log:
         proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "MATHRL_CACHE": str(cache)}, stdout=log, stderr=log)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {out / f'{config}-s{seed}.log'}")
-    seconds = time.time() - t0
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {folder}.log")
+    return time.time() - t0
+
+
+def run(config: str, seed: int, out: Path, cache: Path, extra: list[str]) -> dict:
+    """One configuration's run (its own folder, the seed's cache); its summary row."""
+    folder = out / f"{config}-s{seed}"
+    seconds = train_run([*CONFIGS[config], *extra], seed, folder, cache)
     return {"config": config, "seed": seed, "seconds": seconds, **summarize_run(load_metrics(folder))}
 
 
@@ -124,18 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-cache", action="store_true", help="keep <out>/cache-s<seed> if it exists")
     parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
     args = parser.parse_args(argv)
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in configs if c not in CONFIGS]
-    if unknown:
-        raise SystemExit(f"--configs: unknown {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    configs = parse_configs(args.configs, CONFIGS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started, results, warm = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), [], {}
     for seed in args.seeds:
-        cache = out / f"cache-s{seed}"
-        if not args.reuse_cache:
-            shutil.rmtree(cache, ignore_errors=True)  # an empty cache: the warm start is built anew
-        warm[seed] = build_warm_start(cache, seed)
+        cache, warm[seed] = seed_cache(out, seed, args.reuse_cache)
         print(f"seed {seed}: warm start {warm[seed]:.0f} s", flush=True)
         for config in configs:
             results.append(run(config, seed, out, cache, args.extra))

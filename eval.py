@@ -184,13 +184,11 @@ def read_rows(source: str, subset: str = "", split: str = "train") -> list[dict]
         if not files:
             raise FileNotFoundError(f"{source}: folder holds no .jsonl/.json/.parquet files")
         return [row for p in files for row in read_rows(str(p))]
+    if path.suffix in (".jsonl", ".json", ".parquet") and not path.is_file():
+        raise FileNotFoundError(f"data file {source} not found")
     if path.suffix in (".jsonl", ".json"):
-        if not path.is_file():
-            raise FileNotFoundError(f"data file {source} not found")
         return read_jsonl(path)  # a bad line is an error naming the file and line
     if path.suffix == ".parquet":
-        if not path.is_file():
-            raise FileNotFoundError(f"data file {source} not found")
         try:
             import pyarrow.parquet as pq
         except ImportError:

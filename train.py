@@ -873,7 +873,7 @@ def setup_run(cfg: Config, rank: int, world: int):
         cfg = replace(cfg, model=cfg.model or tiny_world["model"], train_data=cfg.train_data or tiny_world["train"],
                       eval_data=cfg.eval_data or tiny_world["eval"])  # fmt: skip
     barrier()  # rank 0 is done with --overwrite's deletions
-    resume_from = checkpoints(out)[-1] if cfg.resume and checkpoints(out) else None
+    resume_from = (checkpoints(out) or [None])[-1] if cfg.resume else None  # the newest complete checkpoint
     names = template_names(cfg) if cfg.aug else [cfg.template]
     run_name = f"{cfg.estimator}-{loss_kind(cfg)}{'-aug' if cfg.aug else ''}-{cfg.agg}-s{cfg.seed}"
     print0(f"run {run_name}\n| param | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items()))

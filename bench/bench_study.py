@@ -205,7 +205,7 @@ def table(results: list[dict]) -> str:
 # Running it
 
 
-def fixed_train_set(cache: Path, seed: int, size: int) -> Path:
+def fixed_train_set(cache: Path, size: int) -> Path:
     """The first `size` training problems of the seed's tiny world, as a file of their own."""
     source = next(cache.glob("tiny-*/train.jsonl"))
     rows = source.read_text().splitlines()[:size]
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     started, results, warm = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), [], {}
     for seed in args.seeds:
         cache, warm[seed] = seed_cache(out, seed, args.reuse_cache)
-        train = fixed_train_set(cache, seed, args.train_size)
+        train = fixed_train_set(cache, args.train_size)
         flags = ["--train-data", str(train), "--lr-schedule", "constant", "--max-steps", str(args.steps),
                  "--eval-every", str(args.eval_every), "--eval-limit", str(args.eval_limit), "--save-every", "100",
                  *args.extra]  # fmt: skip

@@ -40,7 +40,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from templates import ALL_TEMPLATES, DEFAULT_TEMPLATE, TEMPLATES, render
+from mathrl import BadValue, CannotRun, MissingFile, UserError
+from mathrl.templates import ALL_TEMPLATES, DEFAULT_TEMPLATE, TEMPLATES, render
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Config
@@ -145,17 +146,17 @@ def normalize_row(raw: dict, benchmark: str, index: int, source: str) -> dict:
     where = f"{source} row {index} (id {row_id!r})"
     problem = raw.get("problem", raw.get("question"))
     if not isinstance(problem, str) or not problem.strip():
-        raise ValueError(f"{where}: no 'problem' (or 'question') text")
+        raise BadValue(f"{where}: no 'problem' (or 'question') text")
     for key in ("answers", "answer", "final_answer"):  # the full list first, then the single answer
         if raw.get(key) not in (None, "", []):
             value = raw[key]
             break
     else:
-        raise ValueError(f"{where}: no answer (fields 'answers', 'answer' or 'final_answer' missing or empty)")
+        raise BadValue(f"{where}: no answer (fields 'answers', 'answer' or 'final_answer' missing or empty)")
     answers = [clean_answer(a) for a in (value if isinstance(value, list) else [value])]
     answers = list(dict.fromkeys(a for a in answers if a))  # drop empties and duplicates, keep the order
     if not answers:
-        raise ValueError(f"{where}: every answer is empty after cleaning ({value!r})")
+        raise BadValue(f"{where}: every answer is empty after cleaning ({value!r})")
     return {"benchmark": benchmark, "id": row_id, "problem": problem, "answers": answers}
 
 
@@ -169,9 +170,9 @@ def read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
+                raise BadValue(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+                raise BadValue(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
             rows.append(row)
     return rows
 
@@ -182,24 +183,24 @@ def read_rows(source: str, subset: str = "", split: str = "train") -> list[dict]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
         if not files:
-            raise FileNotFoundError(f"{source}: folder holds no .jsonl/.json/.parquet files")
+            raise MissingFile(f"{source}: folder holds no .jsonl/.json/.parquet files")
         return [row for p in files for row in read_rows(str(p))]
     if path.suffix in (".jsonl", ".json", ".parquet") and not path.is_file():
-        raise FileNotFoundError(f"data file {source} not found")
+        raise MissingFile(f"data file {source} not found")
     if path.suffix in (".jsonl", ".json"):
         return read_jsonl(path)  # a bad line is an error naming the file and line
     if path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise RuntimeError(f"reading {source} needs pyarrow (pip install pyarrow)") from None
+            raise CannotRun(f"reading {source} needs pyarrow (pip install pyarrow)") from None
         return pq.read_table(path).to_pylist()
     if path.exists() or source.startswith((".", "/")):
-        raise ValueError(f"{source}: expected a .jsonl, .json or .parquet file, a folder of them, or a dataset name")
+        raise BadValue(f"{source}: expected a .jsonl, .json or .parquet file, a folder of them, or a dataset name")
     try:
         import datasets
     except ImportError:
-        raise RuntimeError(f"{source} is not a local file, and loading it from the HF hub needs `datasets`") from None
+        raise CannotRun(f"{source} is not a local file, and loading it from the HF hub needs `datasets`") from None
     return [dict(r) for r in datasets.load_dataset(source, subset or None, split=split)]
 
 
@@ -209,9 +210,9 @@ def clean_rows(raw: list[dict], problem_field: str, answer_field: str, source: s
     The answer may be a string, a number or a list of accepted answers (kept as a list of strings).
     """
     if raw and not any(problem_field in r or "question" in r for r in raw):
-        raise ValueError(f"{source}: no row has the field {problem_field!r}; fields of row 0: {sorted(raw[0])}")
+        raise BadValue(f"{source}: no row has the field {problem_field!r}; fields of row 0: {sorted(raw[0])}")
     if raw and not any(answer_field in r for r in raw):
-        raise ValueError(f"{source}: no row has the field {answer_field!r}; fields of row 0: {sorted(raw[0])}")
+        raise BadValue(f"{source}: no row has the field {answer_field!r}; fields of row 0: {sorted(raw[0])}")
     rows, skipped = [], 0
     for r in raw:
         problem = r.get(problem_field, r.get("question")) if isinstance(r, dict) else None
@@ -234,21 +235,21 @@ def load_benchmark(
     `limit` keeps the first N questions.
     """
     if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+        raise BadValue(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
     if data_dir:
         path = Path(data_dir) / f"{name}.jsonl"
         if not path.is_file():
-            raise FileNotFoundError(f"benchmark file {path} not found (--data-dir must hold {name}.jsonl)")
+            raise MissingFile(f"benchmark file {path} not found (--data-dir must hold {name}.jsonl)")
         raw_rows, source = read_jsonl(path), str(path)
     else:
         raw_rows, source = _load_hub_split(hf_dataset, HF_SPLITS[name]), f"{hf_dataset}[{HF_SPLITS[name]}]"
     rows = [normalize_row(raw, name, i, source) for i, raw in enumerate(raw_rows)]
     if not rows:
-        raise ValueError(f"{source}: no questions")
+        raise BadValue(f"{source}: no questions")
     ids = [row["id"] for row in rows]
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{source}: duplicate id {duplicate!r}")
+        raise BadValue(f"{source}: duplicate id {duplicate!r}")
     return rows[:limit] if limit else rows
 
 
@@ -269,7 +270,7 @@ def _load_hub_split(dataset: str, split: str) -> list[dict]:
     try:
         import datasets
     except ImportError:
-        raise RuntimeError(
+        raise CannotRun(
             f"loading {dataset} from the Hugging Face hub needs the `datasets` package "
             "(pip install datasets); or pass --data-dir with <benchmark>.jsonl files"
         ) from None
@@ -296,8 +297,8 @@ def load_tokenizer(cfg: EvalConfig):
     path = cfg.tokenizer or cfg.model
     try:
         return AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # noqa: BLE001 (transformers raises many types; all mean "cannot read it")
-        raise RuntimeError(f"cannot load a tokenizer from {path!r} (--tokenizer/--model): {type(e).__name__}: {e}")
+    except (OSError, ValueError) as e:  # not found, not reachable, not a tokenizer; other errors keep their traceback
+        raise CannotRun(f"cannot load a tokenizer from {path!r} (--tokenizer/--model): {type(e).__name__}: {e}")
 
 
 def load_model(cfg: EvalConfig, device: str):
@@ -312,8 +313,8 @@ def load_model(cfg: EvalConfig, device: str):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model), dtype=dtype)
         else:
             model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype)
-    except Exception as e:  # noqa: BLE001
-        raise RuntimeError(f"cannot load a model from --model {cfg.model!r}: {type(e).__name__}: {e}") from None
+    except (OSError, ValueError) as e:  # not found, not reachable, not a causal LM
+        raise CannotRun(f"cannot load a model from --model {cfg.model!r}: {type(e).__name__}: {e}") from None
     return model.to(device).eval()
 
 
@@ -321,7 +322,7 @@ def make_vllm_engine(cfg: EvalConfig):
     """The vLLM engine (GPU path): engine_vllm.VLLMEngine, with the same generate() as TransformersEngine. --dtype auto
     is bfloat16 (the paper's protocol; vLLM's own "auto" would run a train.py checkpoint in its saved fp32); no sleep
     mode, as nothing else shares the GPU. The only place eval.py builds one."""
-    from engine_vllm import VLLMEngine
+    from mathrl.engine_vllm import VLLMEngine
 
     try:
         return VLLMEngine(
@@ -334,7 +335,7 @@ def make_vllm_engine(cfg: EvalConfig):
             enable_sleep_mode=False,
         )
     except ImportError as e:
-        raise RuntimeError(f"--engine vllm: {e}") from None  # its message names the install and the CPU engine
+        raise CannotRun(f"--engine vllm: {e}") from None  # its message names the install and the CPU engine
 
 
 def make_engine(cfg: EvalConfig, tokenizer):
@@ -348,7 +349,7 @@ def make_engine(cfg: EvalConfig, tokenizer):
         return make_vllm_engine(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(cfg, device)
-    from engine import TransformersEngine
+    from mathrl.engine import TransformersEngine
 
     vocab_limit = len(tokenizer) if len(tokenizer) < model.config.vocab_size else None  # padded rows never sampled
     return TransformersEngine(model, tokenizer, batch_size=cfg.batch_size, vocab_limit=vocab_limit)
@@ -413,7 +414,7 @@ def generate_chunk(
 def grade_records(records: list[dict], timeout: float = 5.0, workers: int | None = None) -> list[dict]:
     """Fill "extracted" and "correct" in place with the papers' boxed-answer protocol (verify.py, boxed_only=True):
     the last \\boxed{} of the response against every accepted gold answer; no box, a timeout or an error scores 0."""
-    from verify import extract_answer, grade_batch
+    from mathrl.verify import extract_answer, grade_batch
 
     todo = [r for r in records if not r.get("skipped")]
     verdicts = grade_batch(
@@ -455,9 +456,9 @@ def evaluate(
     "generate_s" and "grade_s". With sampling, each chunk draws from its own seed (seed + 1000 * run + chunk).
     """
     if n < 1:
-        raise ValueError(f"n = {n}: need at least one sample per question")
+        raise BadValue(f"n = {n}: need at least one sample per question")
     if temperature == 0 and n > 1:
-        raise ValueError(f"n = {n} with greedy decoding gives {n} identical samples; set temperature > 0 or n = 1")
+        raise BadValue(f"n = {n} with greedy decoding gives {n} identical samples; set temperature > 0 or n = 1")
     from tqdm import tqdm
 
     stats = {} if stats is None else stats
@@ -630,7 +631,7 @@ def load_records(path: Path, n: int) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if lineno != len(lines):
-                raise ValueError(f"{path} line {lineno}: not valid JSON (only a torn last line is repaired)") from None
+                raise BadValue(f"{path} line {lineno}: not valid JSON (only a torn last line is repaired)") from None
             torn = True
     counts: dict[tuple, int] = {}
     for r in records:
@@ -659,11 +660,11 @@ def records_from_responses(path: Path, rows_by_bench: dict[str, dict[str, dict]]
     for lineno, raw in enumerate(read_jsonl(path), 1):
         where = f"{path} line {lineno}"
         if "id" not in raw or not isinstance(raw.get("response"), str):
-            raise ValueError(f"{where}: needs an 'id' and a 'response' string")
+            raise BadValue(f"{where}: needs an 'id' and a 'response' string")
         bench = raw.get("benchmark")
         if bench is None:
             if len(rows_by_bench) != 1:
-                raise ValueError(
+                raise BadValue(
                     f"{where}: no 'benchmark' field, and --benchmarks names {len(rows_by_bench)} "
                     "benchmarks; pass a single one or add the field"
                 )
@@ -672,7 +673,7 @@ def records_from_responses(path: Path, rows_by_bench: dict[str, dict[str, dict]]
             continue  # a benchmark that was not selected
         row = rows_by_bench[bench].get(str(raw["id"]))
         if row is None:
-            raise ValueError(f"{where}: id {raw['id']!r} is not a question of {bench}")
+            raise BadValue(f"{where}: id {raw['id']!r} is not a question of {bench}")
         template, run = raw.get("template", default_template), int(raw.get("run", 0))
         key = (bench, template, run, row["id"])
         sample = int(raw.get("sample", seen.get(key, 0)))
@@ -697,7 +698,7 @@ def records_from_responses(path: Path, rows_by_bench: dict[str, dict[str, dict]]
     keys = [record_key(r) + (r["sample"],) for r in records]
     if len(set(keys)) != len(keys):
         duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"{path}: two responses for the same (benchmark, template, run, id, sample) {duplicate}")
+        raise BadValue(f"{path}: two responses for the same (benchmark, template, run, id, sample) {duplicate}")
     return records
 
 
@@ -708,7 +709,7 @@ def records_from_responses(path: Path, rows_by_bench: dict[str, dict[str, dict]]
 def parse_list(text: str, flag: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise ValueError(f"{flag} is empty")
+        raise BadValue(f"{flag} is empty")
     return items
 
 
@@ -717,31 +718,31 @@ def check_config(cfg: EvalConfig) -> tuple[list[str], list[str], tuple[int, ...]
     benchmarks = parse_list(cfg.benchmarks, "--benchmarks")
     for b in benchmarks:
         if b not in BENCHMARKS:
-            raise ValueError(f"--benchmarks: unknown benchmark {b!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+            raise BadValue(f"--benchmarks: unknown benchmark {b!r}; known benchmarks: {', '.join(BENCHMARKS)}")
     templates = list(TEMPLATES) if cfg.templates == "all" else parse_list(cfg.templates, "--templates")
     for t in templates:
         if t not in ALL_TEMPLATES:
-            raise ValueError(f"--templates: unknown template {t!r}; known templates: {', '.join(ALL_TEMPLATES)}")
+            raise BadValue(f"--templates: unknown template {t!r}; known templates: {', '.join(ALL_TEMPLATES)}")
     if cfg.engine not in ("auto", "vllm", "transformers"):
-        raise ValueError(f"--engine {cfg.engine!r}: expected vllm, transformers or auto")
+        raise BadValue(f"--engine {cfg.engine!r}: expected vllm, transformers or auto")
     if cfg.engine == "vllm" and cfg.random_init:
-        raise ValueError("--random-init works with --engine transformers only (vLLM loads its weights from disk)")
+        raise BadValue("--random-init works with --engine transformers only (vLLM loads its weights from disk)")
     if cfg.dtype not in ("auto", "bfloat16", "float16", "float32"):
-        raise ValueError(f"--dtype {cfg.dtype!r}: expected bfloat16, float16, float32 or auto")
+        raise BadValue(f"--dtype {cfg.dtype!r}: expected bfloat16, float16, float32 or auto")
     for name in ("n", "runs", "max_new_tokens", "context", "chunk_size", "batch_size"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
+            raise BadValue(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
     if cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
-        raise ValueError(f"need --temperature >= 0 and 0 < --top-p <= 1 (got {cfg.temperature}, {cfg.top_p})")
+        raise BadValue(f"need --temperature >= 0 and 0 < --top-p <= 1 (got {cfg.temperature}, {cfg.top_p})")
     if cfg.temperature == 0 and cfg.n > 1:
-        raise ValueError(f"--n {cfg.n} with greedy decoding (--temperature 0) gives identical samples")
+        raise BadValue(f"--n {cfg.n} with greedy decoding (--temperature 0) gives identical samples")
     try:
         ks = tuple(sorted({int(k) for k in parse_list(cfg.pass_k, "--pass-k")})) if cfg.pass_k else ()
     except ValueError:
-        raise ValueError(f"--pass-k {cfg.pass_k!r}: expected comma-separated integers") from None
+        raise BadValue(f"--pass-k {cfg.pass_k!r}: expected comma-separated integers") from None
     ks = ks or tuple(sorted({1, cfg.n}))
     if ks[0] < 1 or ks[-1] > cfg.n:
-        raise ValueError(f"--pass-k {cfg.pass_k!r}: each k must be between 1 and --n {cfg.n}")
+        raise BadValue(f"--pass-k {cfg.pass_k!r}: each k must be between 1 and --n {cfg.n}")
     return benchmarks, templates, ks
 
 
@@ -752,13 +753,13 @@ def prepare_out(cfg: EvalConfig, out: Path) -> None:
     if cfg.overwrite:
         records_path.unlink(missing_ok=True)
     elif cfg.responses and records_path.exists():
-        raise ValueError(f"{records_path} exists; re-grade into a new --out (or pass --overwrite)")
+        raise BadValue(f"{records_path} exists; re-grade into a new --out (or pass --overwrite)")
     elif config_path.exists() and records_path.exists():
         old = json.loads(config_path.read_text())
         changed = [f for f in LOCKED_FIELDS.split() if f in old and old[f] != getattr(cfg, f)]
         if changed:
             diff = ", ".join(f"--{f.replace('_', '-')} {old[f]!r} -> {getattr(cfg, f)!r}" for f in changed)
-            raise ValueError(f"{out} holds results of another configuration ({diff}); use a new --out or --overwrite")
+            raise BadValue(f"{out} holds results of another configuration ({diff}); use a new --out or --overwrite")
     config_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
 
@@ -827,7 +828,7 @@ def run_eval(cfg: EvalConfig, engine=None, tokenizer=None) -> dict:
         by_id = {b: {row["id"]: row for row in rows} for b, rows in rows_by_bench.items()}
         records, generated = records_from_responses(Path(cfg.responses), by_id, templates[0]), []
         if not records:
-            raise ValueError(f"{cfg.responses}: no responses for the selected benchmarks ({', '.join(benchmarks)})")
+            raise BadValue(f"{cfg.responses}: no responses for the selected benchmarks ({', '.join(benchmarks)})")
         t0 = time.perf_counter()
         grade_records(records, timeout=cfg.timeout, workers=cfg.workers or None)
         stats["grade_s"] = time.perf_counter() - t0
@@ -875,7 +876,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
     try:
         run_eval(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except UserError as e:  # a bad flag, file or row: one line; anything else keeps its traceback
         sys.exit(f"eval.py: error: {e}")
 
 

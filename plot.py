@@ -24,6 +24,8 @@ import math
 import re
 from pathlib import Path
 
+from mathrl import BadValue, CannotRun, MissingFile, UserError
+
 DEFAULT_KEYS = ["train/reward", "train/accuracy", "eval/accuracy", "train/entropy", "train/response_len",
                 "template/*/entropy"]  # fmt: skip
 SPARSE_PREFIX = "eval/"  # logged only on eval steps: markers, no smoothing
@@ -39,10 +41,10 @@ def load_metrics(path: str | Path) -> list[dict]:
     """Rows of a run folder's metrics.jsonl (or of the file itself); clear errors naming the folder/file/line."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such run folder")
+        raise MissingFile(f"{path}: no such run folder")
     file = path / "metrics.jsonl" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl in this folder (is it a train.py --out folder?)")
+        raise MissingFile(f"{path}: no metrics.jsonl in this folder (is it a train.py --out folder?)")
     rows = []
     with open(file, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -51,9 +53,9 @@ def load_metrics(path: str | Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{file} line {lineno}: not valid JSON ({e.msg})") from None
+                raise BadValue(f"{file} line {lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict) or "step" not in row:
-                raise ValueError(f"{file} line {lineno}: expected a JSON object with a 'step' key")
+                raise BadValue(f"{file} line {lineno}: expected a JSON object with a 'step' key")
             rows.append(row)
     return rows
 
@@ -134,12 +136,12 @@ def _grid(runs: dict[str, list[dict]], keys: list[str]):
         matplotlib.use("Agg")  # files only, no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("plot.py needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')") from None
+        raise CannotRun("plot.py needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')") from None
     panels, missing = expand_keys(keys, runs)
     if missing:
         print(f"not in any run, skipped: {', '.join(missing)}")
     if not panels:
-        raise ValueError(f"none of the keys {keys} occur in the metrics of {', '.join(runs)}")
+        raise BadValue(f"none of the keys {keys} occur in the metrics of {', '.join(runs)}")
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.4 * nrows), squeeze=False)
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bands", action="store_true", help="runs named <config>-s<seed>: mean and band per config")
     args = parser.parse_args(argv)
     if args.smooth < 1:
-        raise ValueError(f"--smooth {args.smooth}: expected a window of at least 1 step")
+        raise BadValue(f"--smooth {args.smooth}: expected a window of at least 1 step")
     names = [Path(r).resolve().name for r in args.runs]
     if len(set(names)) < len(names):  # same folder name under different parents: use the paths as given
         names = [str(r) for r in args.runs]
@@ -228,5 +230,5 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except UserError as e:  # a bad flag or file: one line; any other error keeps its traceback
         raise SystemExit(f"error: {e}")

@@ -55,11 +55,12 @@ from pathlib import Path
 import torch
 
 import eval as evaluation
-from distributed import (all_cat, all_items, all_strided, all_sum, barrier, close_distributed, ddp, init_distributed,
-                         print0, rank, rank_share, world_size)  # fmt: skip
+from mathrl import BadValue, CannotRun, UserError
+from mathrl.distributed import (all_cat, all_items, all_strided, all_sum, barrier, close_distributed, ddp,
+                                init_distributed, print0, rank, rank_share, world_size)  # fmt: skip
 from eval import clean_rows, load_eval_rows, read_rows
-from outputs import Trackers, checkpoints, dump_samples, log_step, prepare_out, restore_state, save_checkpoint
-from templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
+from mathrl.outputs import Trackers, checkpoints, dump_samples, log_step, prepare_out, restore_state, save_checkpoint
+from mathrl.templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
 
 # Axis legend for shape comments: B prompts per step, G samples per prompt, T response tokens, V vocabulary.
 # A flat batch of sequences is (B*G, ...); P+T is prompt + response length of a padded sequence.
@@ -204,7 +205,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
     given = vars(parser.parse_args(argv))
     presets, cfg = {"": {}, "tiny": TINY_PRESET, "1.5b": GPU_PRESET}, Config(preset=given.get("preset", ""))
     if cfg.preset not in presets:
-        raise ValueError(f"--preset {cfg.preset!r}: expected tiny or 1.5b (or no preset for the paper recipe)")
+        raise BadValue(f"--preset {cfg.preset!r}: expected tiny or 1.5b (or no preset for the paper recipe)")
     return check_config(replace(cfg, **{**presets[cfg.preset], **given}))
 
 
@@ -217,32 +218,32 @@ def check_config(cfg: Config) -> Config:
                    vllm_sleep_level=(1, 2))  # fmt: skip
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: expected one of {', '.join(map(str, allowed))}")
+            raise BadValue(f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: expected one of {', '.join(map(str, allowed))}")
     if cfg.group_size < 2:
-        raise ValueError(f"--group-size {cfg.group_size}: group-relative advantages need at least 2 samples per prompt")
+        raise BadValue(f"--group-size {cfg.group_size}: group-relative advantages need at least 2 samples per prompt")
     if cfg.prompts_per_step % cfg.mini_batch_prompts:
-        raise ValueError(f"--mini-batch-prompts {cfg.mini_batch_prompts} must divide --prompts-per-step {cfg.prompts_per_step}")
+        raise BadValue(f"--mini-batch-prompts {cfg.mini_batch_prompts} must divide --prompts-per-step {cfg.prompts_per_step}")
     positive = ("prompts_per_step", "max_new_tokens", "mini_batch_prompts", "micro_batch_size", "ppo_epochs", "lr")
     for name in positive:
         if getattr(cfg, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
+            raise BadValue(f"--{name.replace('_', '-')} must be positive (got {getattr(cfg, name)})")
     world = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's rank count (docs/multi-gpu.md)
     if cfg.mini_batch_prompts % world:
-        raise ValueError(f"--mini-batch-prompts {cfg.mini_batch_prompts} must be divisible by the {world} ranks of "
+        raise BadValue(f"--mini-batch-prompts {cfg.mini_batch_prompts} must be divisible by the {world} ranks of "
                          "torchrun --nproc_per_node: each rank takes an equal share of every mini-batch")  # fmt: skip
     if cfg.tis_cap < 0 or cfg.micro_batch_tokens < 0:
-        raise ValueError("--tis-cap and --micro-batch-tokens must be >= 0 (0 = off)")
+        raise BadValue("--tis-cap and --micro-batch-tokens must be >= 0 (0 = off)")
     if cfg.engine == "vllm":
         model_len(cfg)  # raises when --max-model-len is too short
     if cfg.engine == "vllm" and cfg.estimator == "aapo" and cfg.vllm_sleep_level != 1:
-        raise ValueError("--vllm-sleep-level 2 drops every engine's weights: AAPO's reference engine needs level 1")
+        raise BadValue("--vllm-sleep-level 2 drops every engine's weights: AAPO's reference engine needs level 1")
     if cfg.preset != "tiny" and not (cfg.model and cfg.train_data):
-        raise ValueError("--model and --train-data must not be empty")
+        raise BadValue("--model and --train-data must not be empty")
     if cfg.temperature <= 0:
-        raise ValueError("--temperature must be > 0 for RL rollouts (greedy samples give zero-variance groups)")
+        raise BadValue("--temperature must be > 0 for RL rollouts (greedy samples give zero-variance groups)")
     for name in [cfg.template, cfg.eval_template] + (template_names(cfg) if cfg.aug else []):
         if name not in TEMPLATES and name not in TINY_TEMPLATES:
-            raise ValueError(f"unknown template {name!r}; known: {', '.join([*TEMPLATES, *TINY_TEMPLATES])}")
+            raise BadValue(f"unknown template {name!r}; known: {', '.join([*TEMPLATES, *TINY_TEMPLATES])}")
     return cfg
 
 
@@ -250,7 +251,7 @@ def model_len(cfg: Config) -> int:
     """vLLM's max_model_len: --max-model-len, or the longest rollout and evaluation (prompt + response tokens)."""
     need = max(cfg.max_prompt_tokens + cfg.max_new_tokens, cfg.eval_context * (cfg.eval_every > 0))
     if 0 < cfg.max_model_len < need:
-        raise ValueError(f"--max-model-len {cfg.max_model_len}: prompts + responses (and --eval-context) need {need}")
+        raise BadValue(f"--max-model-len {cfg.max_model_len}: prompts + responses (and --eval-context) need {need}")
     return cfg.max_model_len or need
 
 
@@ -281,7 +282,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+        raise BadValue("--device cuda: no CUDA device is available")
     return torch.device(name)
 
 
@@ -314,7 +315,7 @@ def train_rows(cfg: Config, tokenizer, names: list[str]) -> tuple[list[dict], in
     rows, n_bad = clean_rows(raw, cfg.problem_field, cfg.answer_field, cfg.train_data)
     rows, n_long = filter_long_prompts(rows, tokenizer, names, cfg.max_prompt_tokens)
     if len(rows) < cfg.prompts_per_step:
-        raise ValueError(f"{cfg.train_data}: {len(rows)} usable rows, fewer than --prompts-per-step {cfg.prompts_per_step}")
+        raise BadValue(f"{cfg.train_data}: {len(rows)} usable rows, fewer than --prompts-per-step {cfg.prompts_per_step}")
     steps_per_epoch = len(rows) // cfg.prompts_per_step
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or 10**12)
     print0(f"data: {len(raw)} rows, {n_bad} skipped (missing problem/answer), {n_long} filtered (prompt > "
@@ -353,8 +354,8 @@ def load_model_and_tokenizer(cfg: Config, device: torch.device):
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.model)
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001
-        raise RuntimeError(f"cannot load --model {cfg.model!r}: {type(e).__name__}: {e}") from None
+    except (OSError, ValueError) as e:  # not found, not reachable, not a causal LM; other errors keep their traceback
+        raise CannotRun(f"cannot load --model {cfg.model!r}: {type(e).__name__}: {e}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.grad_ckpt:
@@ -382,10 +383,10 @@ def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
     Under torchrun each rank builds its own engines in torchrun's process group (external_launcher); vLLM's seed is
     --seed on every rank (it re-seeds the process RNGs, which must stay alike), the rank is in the request seeds."""
     if cfg.engine == "transformers":
-        from engine import TransformersEngine
+        from mathrl.engine import TransformersEngine
 
         return TransformersEngine(model, tokenizer, batch_size=cfg.gen_batch_size, vocab_limit=vocab_limit(model, tokenizer))
-    from engine_vllm import VLLMEngine
+    from mathrl.engine_vllm import VLLMEngine
 
     engine = VLLMEngine(
         cfg.model, tokenizer, dtype="bfloat16" if cfg.bf16 else "float32", seed=cfg.seed, max_model_len=model_len(cfg),
@@ -424,7 +425,7 @@ def score(cfg: Config, completions: list, golds: list, names: list[str]) -> dict
 
     reward = accuracy + format score (arXiv:2602.03190v1 Sec. 3); --overlong zero gives truncated responses 0.
     """
-    from verify import reward_batch
+    from mathrl.verify import reward_batch
 
     B, G = len(completions), len(completions[0])
     flat = [c for group in completions for c in group]
@@ -563,7 +564,7 @@ def token_logprobs(model, input_ids, attention_mask, T: int, temperature: float,
     Both come from kernels/ (Triton on CUDA, the PyTorch reference on CPU) at the sampling temperature.
     from_hidden: run the LM head inside the chunked kernel, so the (N, T, V) logits never exist (large vocabularies).
     """
-    from kernels import logprob_entropy, logprob_entropy_from_hidden
+    from mathrl.kernels import logprob_entropy, logprob_entropy_from_hidden
 
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, P+T) positions skip the left padding
     targets = input_ids[:, -T:]  # (N, T)
@@ -865,7 +866,7 @@ def setup_run(cfg: Config, rank: int, world: int):
     out = Path(cfg.out)
     prepare_out(out, cfg.resume, cfg.overwrite, writer=rank == 0)
     if cfg.preset == "tiny":  # SETUP: the tiny world (warm-started model + data), built once and cached by tiny.py
-        import tiny
+        from mathrl import tiny
 
         barrier() if rank > 0 else None  # rank 0 builds it first, the others then read the cache
         tiny_world = tiny.prepare(seed=cfg.seed, log=print0)  # --seed picks the warm start too (one per seed)
@@ -996,5 +997,5 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except UserError as e:  # a bad flag, file or row (mathrl.UserError): one line; anything else keeps its traceback
         raise SystemExit(f"error: {e}")

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import tiny  # noqa: E402
-from engine import TransformersEngine  # noqa: E402
-from engine_vllm import VLLMEngine  # noqa: E402
-from templates import TINY_DEFAULT_TEMPLATE, render  # noqa: E402
+from mathrl import tiny  # noqa: E402
+from mathrl.engine import TransformersEngine  # noqa: E402
+from mathrl.engine_vllm import VLLMEngine  # noqa: E402
+from mathrl.templates import TINY_DEFAULT_TEMPLATE, render  # noqa: E402
 
 
 def tokens_per_second(engine, prompts: list[list[int]], n: int, new_tokens: int, seed: int) -> float:

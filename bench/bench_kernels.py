@@ -34,9 +34,9 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported: run the kernel on the CPU
     torch.set_num_threads(1)  # a shared, busy CPU: one thread gives steadier ratios than two that wait on each other
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import logprob_entropy, logprob_entropy_from_hidden  # noqa: E402
+from mathrl.kernels import logprob_entropy, logprob_entropy_from_hidden  # noqa: E402
 
-le = importlib.import_module("kernels.logprob_entropy")  # the module (its block size), not the function
+le = importlib.import_module("mathrl.kernels.logprob_entropy")  # the module (its block size), not the function
 DEVICE = "cuda" if CUDA else "cpu"
 CHECKS = []  # kernel vs eager agreement lines, printed under the table
 

@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402  train.py's own functions: token_logprobs, policy_loss, aggregate, pad_batch
-from engine import TransformersEngine  # noqa: E402
+from mathrl.engine import TransformersEngine  # noqa: E402
 
 # Defaults: the paper's batch (arXiv:2602.03190v1: 128 prompts x 8 samples, 4 mini-batches of 32 prompts) at the
 # Qwen2.5-Math-1.5B shape, or a tiny Qwen2 on the CPU. Flags given win over either.
@@ -171,7 +171,7 @@ def build_model(args, device: torch.device):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     if args.tiny:
-        import tiny  # the project's character-level tokenizer, built in code
+        from mathrl import tiny  # the project's character-level tokenizer, built in code
 
         tokenizer = tiny.build_tokenizer()
         config = Qwen2Config(**TINY_MODEL, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)

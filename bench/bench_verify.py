@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import verify  # noqa: E402
+from mathrl import verify  # noqa: E402
 
 
 def load_cases(path: Path, seed: int) -> tuple[list, list]:

@@ -20,7 +20,7 @@ import weakref
 
 import torch
 
-import engine_vllm
+from mathrl import engine_vllm
 
 # Argument names of LLM(...) and SamplingParams(...) the engine may use: each one exists in vLLM 0.10.2 and 0.33.0
 # (EngineArgs and SamplingParams fields, read in both wheels' sources).

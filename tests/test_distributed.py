@@ -20,9 +20,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # also when torchrun runs this file as the worker script (no conftest then)
 
-import tiny  # noqa: E402
+from mathrl import tiny  # noqa: E402
 import train  # noqa: E402
-from engine_vllm import request_seed  # noqa: E402
+from mathrl.engine_vllm import request_seed  # noqa: E402
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
@@ -133,7 +133,7 @@ def test_rollout_seed_per_rank():
 def test_close_distributed_leaves_a_group_it_did_not_create(tmp_path, monkeypatch):
     import torch.distributed as dist
 
-    import distributed
+    from mathrl import distributed
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     distributed.init_distributed(torch.device("cpu"))  # one process: creates no group
@@ -159,7 +159,7 @@ def test_world_size_must_divide_mini_batch(monkeypatch):
 
 
 def test_a_rank_without_a_gpu_is_a_clear_error(monkeypatch):
-    import distributed
+    from mathrl import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from engine import Completion, TransformersEngine, process_logits
-from tiny import SETTINGS, build_model, build_tokenizer
+from mathrl.engine import Completion, TransformersEngine, process_logits
+from mathrl.tiny import SETTINGS, build_model, build_tokenizer
 
 
 @pytest.fixture(scope="module")

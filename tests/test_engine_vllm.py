@@ -24,11 +24,11 @@ import weakref
 import pytest
 import torch
 
-import engine_vllm
-from engine import Completion
-from engine_vllm import VLLMEngine, request_seed, version_tuple
+from mathrl import engine_vllm
+from mathrl.engine import Completion
+from mathrl.engine_vllm import VLLMEngine, request_seed, version_tuple
 from fake_vllm import install
-from tiny import SETTINGS, build_model, build_tokenizer
+from mathrl.tiny import SETTINGS, build_model, build_tokenizer
 
 SMALL = dict(SETTINGS, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 

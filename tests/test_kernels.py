@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _load_kernel_module():
     """kernels/logprob_entropy.py with kernels built for this machine, and whether they can run in this process."""
     if DEVICE == "cuda":
-        return importlib.import_module("kernels.logprob_entropy"), True
+        return importlib.import_module("mathrl.kernels.logprob_entropy"), True
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"  # read by @triton.jit when a module defining kernels is executed
     try:
@@ -33,7 +33,7 @@ def _load_kernel_module():
         from triton.runtime.jit import JITFunction
 
         runnable = not isinstance(tl.sum, JITFunction)  # False: Triton was imported before, not interpreted
-        module = importlib.import_module("kernels.logprob_entropy")
+        module = importlib.import_module("mathrl.kernels.logprob_entropy")
         if runnable and isinstance(module._logprob_entropy_fwd_kernel, JITFunction):
             module = importlib.reload(module)  # imported earlier by another test module, built for a GPU
     finally:  # restore it (a fixture sets it again during each test): later modules' subprocesses inherit it
@@ -43,7 +43,7 @@ def _load_kernel_module():
 
 # importlib: `kernels.logprob_entropy` as an attribute of the package is the function, not the module
 le, RUNNABLE_HERE = _load_kernel_module()
-from kernels import (  # noqa: E402  (after the interpreter switch above)
+from mathrl.kernels import (  # noqa: E402  (after the interpreter switch above)
     logprob_entropy,
     logprob_entropy_from_hidden,
     logprob_entropy_from_hidden_ref,
@@ -389,7 +389,7 @@ import importlib, json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-le = importlib.import_module("kernels.logprob_entropy")
+le = importlib.import_module("mathrl.kernels.logprob_entropy")
 for name, signature, constexprs in json.loads(sys.argv[1]):
     src = ASTSource(fn=getattr(le, name), signature=signature, constexprs=constexprs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": le.NUM_WARPS})

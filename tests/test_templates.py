@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-import templates
+from mathrl import templates
 from conftest import shared_path
 
 QUESTIONS = ["What is $1+1$?", "Let $f(x)=\\frac{x^2+1}{\\sqrt{x-3}}$.\nFind {QUESTION} and $\\{1, 2\\}$.  ", ""]

@@ -2,9 +2,9 @@
 
 import pytest
 
-import templates
-import tiny
-import verify
+from mathrl import templates
+from mathrl import tiny
+from mathrl import verify
 
 
 def test_tokenizer_round_trip_keeps_every_id(tmp_path):

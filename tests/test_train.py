@@ -22,9 +22,9 @@ import torch
 
 import train
 from conftest import REPO
-from engine import Completion
-from templates import TINY_TEMPLATES, draw_template
-from tiny import SETTINGS, build_model, build_tokenizer
+from mathrl.engine import Completion
+from mathrl.templates import TINY_TEMPLATES, draw_template
+from mathrl.tiny import SETTINGS, build_model, build_tokenizer
 from train import (
     Config,
     aggregate,
@@ -608,7 +608,7 @@ def test_kill_and_resume_matches_uninterrupted_run(aapo_run, tmp_path):
 
 
 def test_truncate_jsonl_keeps_rows_up_to_the_step_and_drops_a_cut_line(tmp_path):
-    from outputs import truncate_jsonl  # moved from train.py with the rest of the run folder I/O
+    from mathrl.outputs import truncate_jsonl  # moved from train.py with the rest of the run folder I/O
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 0, "a": 1}\n{"step": 1}\n{"step": 2}\n{"step": 3, "a"')  # the kill cut the last line

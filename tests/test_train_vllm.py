@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import eval as evaluation
-import tiny
+from mathrl import tiny
 import train
-from engine_vllm import request_seed
+from mathrl.engine_vllm import request_seed
 from fake_vllm import install
 
 OPT = "optimizer_step"  # what RecordingAdamW writes into every fake engine's log

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, shared_path
 
-import verify
-from verify import extract_answer, grade, grade_batch, is_equivalent, reward, reward_batch
+from mathrl import templates, verify
+from mathrl.verify import extract_answer, grade, grade_batch, is_equivalent, reward, reward_batch
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Equivalence rules: (prediction, gold)
@@ -1097,7 +1097,6 @@ def test_reward_constant_format_template():
 
 
 def test_reward_substring_format_template():
-    templates = pytest.importorskip("templates")
     good = "<think>\nwork\n</think>\n<answer>\n\\boxed{2}\n</answer>"
     assert reward(good, "2", "open-r1") == {"accuracy": 1.0, "format": 1.0, "reward": 2.0}
     half = "<think>\nwork\n</think>\n\\boxed{2}"  # two of the four tags
@@ -1122,7 +1121,7 @@ def test_reward_batch_matches_reward():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "verify.py"), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "mathrl.verify", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_prints_verdict_and_reason():

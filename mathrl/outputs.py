@@ -14,15 +14,16 @@ from pathlib import Path
 
 import torch
 
-from distributed import print0, rank
-from templates import render
+from mathrl import BadValue
+from mathrl.distributed import print0, rank
+from mathrl.templates import render
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool, writer: bool) -> None:
     """The run folder: an error if it holds a run and neither --resume nor --overwrite is given; with --overwrite (and
     no --resume) the writer (rank 0) deletes the old metrics, samples and checkpoints."""
     if (out / "metrics.jsonl").exists() and not (resume or overwrite):
-        raise SystemExit(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
+        raise BadValue(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
     if overwrite and not resume and writer:
         for p in [out / "metrics.jsonl", out / "samples.jsonl", *(p for _, p in checkpoints(out))]:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

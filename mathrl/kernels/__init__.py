@@ -1,6 +1,6 @@
 """Triton kernels, each beside its PyTorch reference.
 
-    from kernels import logprob_entropy, logprob_entropy_from_hidden
+    from mathrl.kernels import logprob_entropy, logprob_entropy_from_hidden
     logp, entropy = logprob_entropy(logits, targets, temperature=1.0, vocab_limit=None)           # (*, V) -> (*)
     logp, entropy = logprob_entropy_from_hidden(hidden, lm_head.weight, targets, temperature=1.0)  # chunked LM head
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from templates import TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, render
+from mathrl.templates import TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, render
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 WORD_TOKENS = ["system", "user", "assistant", "<think>", "</think>", "<answer>", "</answer>", "\\boxed{", "The final answer is:"]
@@ -177,8 +177,8 @@ def sft_batch(tokenizer, rows: list[dict], rng: random.Random, size: int) -> tup
 
 def dev_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 40) -> float:
     """Greedy accuracy with the default tiny template (the one train.py evaluates with), graded by verify.py."""
-    from engine import TransformersEngine
-    from verify import grade
+    from mathrl.engine import TransformersEngine
+    from mathrl.verify import grade
 
     engine = TransformersEngine(model, tokenizer, batch_size=len(rows))
     prompts = [tokenizer.encode(render(TINY_DEFAULT_TEMPLATE, r["problem"]), add_special_tokens=False) for r in rows]

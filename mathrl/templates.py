@@ -19,6 +19,8 @@ Each template has four fields:
 
 import random
 
+from mathrl import BadValue
+
 # The 13 templates of the prompt-augmentation paper, texts verbatim from its code release
 # (github.com/wenquanlu/prompt-augmentation-GRPO, as decomposed in the paper's template table).
 TEMPLATES = {
@@ -144,7 +146,7 @@ ALL_TEMPLATES = {**TEMPLATES, **TINY_TEMPLATES}
 def get_template(name: str) -> dict:
     """The template called `name`, or a ValueError that lists the known names."""
     if name not in ALL_TEMPLATES:
-        raise ValueError(f"unknown template {name!r}; known templates: {', '.join(ALL_TEMPLATES)}")
+        raise BadValue(f"unknown template {name!r}; known templates: {', '.join(ALL_TEMPLATES)}")
     return ALL_TEMPLATES[name]
 
 

@@ -18,6 +18,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from mathrl import BadValue
+
 _CREATED = {"group": False}  # whether init_distributed created the default process group (vLLM makes one of its own)
 
 
@@ -28,7 +30,7 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     if world > 1 and device.type == "cuda":
         local_rank = int(os.environ["LOCAL_RANK"])
         if local_rank >= torch.cuda.device_count():  # torch.cuda.set_device would fail with "invalid device ordinal"
-            raise ValueError(f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}, and "
+            raise BadValue(f"local rank {local_rank} has no GPU: this node has {torch.cuda.device_count()}, and "
                              "torchrun --nproc_per_node needs one per rank")  # fmt: skip
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

@@ -77,7 +77,8 @@ from functools import partial
 
 import torch
 
-from engine import Completion, _as_list, check_generate_args
+from mathrl import BadValue, CannotRun
+from mathrl.engine import Completion, _as_list, check_generate_args
 
 SUPPORTED_VLLM = ((0, 10, 2), (0, 34, 0))  # [lowest, first unsupported): the releases whose API was read (see above)
 SUPPORTED_VLLM_TEXT = "vllm>=0.10.2,<0.34"
@@ -247,14 +248,14 @@ class VLLMEngine:
         external_launcher: bool = False,
     ):
         if sleep_level not in (1, 2):
-            raise ValueError(f"sleep_level = {sleep_level}: vLLM sleep levels are 1 (offload weights) or 2 (drop them)")
+            raise BadValue(f"sleep_level = {sleep_level}: vLLM sleep levels are 1 (offload weights) or 2 (drop them)")
         if not 0 < gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization = {gpu_memory_utilization}: a share of GPU memory in (0, 1]")
+            raise BadValue(f"gpu_memory_utilization = {gpu_memory_utilization}: a share of GPU memory in (0, 1]")
         if max_model_len < 2:
-            raise ValueError(f"max_model_len = {max_model_len}: need room for a prompt and a response")
+            raise BadValue(f"max_model_len = {max_model_len}: need room for a prompt and a response")
         if enable_sleep_mode and _SLEEPERS:
             if sleep_level != 1 or any(e.sleep_level != 1 for e in _SLEEPERS):
-                raise ValueError(
+                raise BadValue(
                     "several sleep-mode vLLM engines in one process share one sleep memory pool and must all use "
                     "sleep_level=1 (level 2 would discard the other engines' weights)"
                 )
@@ -276,14 +277,14 @@ class VLLMEngine:
         if vocab_limit is None and len(tokenizer) < config.vocab_size:
             vocab_limit = len(tokenizer)  # padded LM-head rows
         if vocab_limit is not None and not 0 < vocab_limit <= config.vocab_size:
-            raise ValueError(f"vocab_limit = {vocab_limit}: must be in 1..{config.vocab_size} (the model's vocabulary)")
+            raise BadValue(f"vocab_limit = {vocab_limit}: must be in 1..{config.vocab_size} (the model's vocabulary)")
         if vocab_limit == config.vocab_size:
             vocab_limit = None  # no padded rows: nothing to mask
         if stop_token_ids is None:
             stop_token_ids = _as_list(tokenizer.eos_token_id) + _as_list(getattr(config, "eos_token_id", None))
         self.stop_token_ids = sorted(set(stop_token_ids))
         if not self.stop_token_ids:
-            raise ValueError("no stop token: the tokenizer and model config define no EOS; pass stop_token_ids")
+            raise BadValue("no stop token: the tokenizer and model config define no EOS; pass stop_token_ids")
         self.vllm, self.tokenizer, self.vocab_limit, self.max_model_len = vllm, tokenizer, vocab_limit, max_model_len
         self.sleep_level, self.enable_sleep_mode, self.load_format = sleep_level, enable_sleep_mode, load_format
         # -inf logit bias on the padded rows [vocab_limit, V): never sampled, and out of the processed log-probs
@@ -308,7 +309,7 @@ class VLLMEngine:
         )
         pids = self.llm.apply_model(_worker_pid)
         if any(pid != os.getpid() for pid in pids):
-            raise RuntimeError(
+            raise CannotRun(
                 "vLLM's worker runs in another process, so the trainer's weights cannot be pushed into it: "
                 "VLLM_ENABLE_V1_MULTIPROCESSING must be 0 before the first vLLM engine of this process is built"
             )

@@ -2,8 +2,8 @@
 Answer verification for math RL: pull the final answer out of a model response and decide whether it equals the gold
 answer. Every rollout's reward goes through this file, so it is built to be right first and fast second.
 
-    python verify.py PRED GOLD                       # verdict and the rule that decided it
-    python verify.py --response "...\\boxed{1/2}" 0.5  # extract the answer from a full response first
+    python -m mathrl.verify PRED GOLD                # verdict and the rule that decided it
+    python -m mathrl.verify --response "...\\boxed{1/2}" 0.5  # extract the answer from a full response first
 
 Public API (used by train.py, eval.py and the tests):
     extract_answer(text, strict=False, boxed_only=False) -> str | None
@@ -2048,7 +2048,7 @@ def grade(
 
 
 def _template_format_score(template_name: str, response: str) -> float:
-    from templates import format_score  # lazy: verify.py stays importable on its own
+    from mathrl.templates import format_score  # lazy: verify.py stays importable on its own
 
     return float(format_score(template_name, response))
 
@@ -2103,9 +2103,10 @@ def _serve() -> None:
 
 
 def _spawn_worker():
-    """A worker running this very file (its folder first on sys.path, whatever the current directory holds)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    code = f"import sys; sys.path.insert(0, {here!r}); import verify; verify._serve()"
+    """A worker running this very module (the folder above the package first on sys.path, whatever the current
+    directory holds)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"import sys; sys.path.insert(0, {root!r}); from mathrl import verify; verify._serve()"
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
 
@@ -2228,7 +2229,7 @@ def reward_batch(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Is a predicted math answer equal to the gold answer? Prints the verdict and why (exit 0: equal).",
-        epilog="Answers that start with '-' go after '--':  python verify.py -- -\\frac{1}{2} -0.5",
+        epilog="Answers that start with '-' go after '--':  python -m mathrl.verify -- -\\frac{1}{2} -0.5",
     )
     ap.add_argument("pred", help="the predicted answer (or, with --response, a full model response)")
     ap.add_argument("gold", help="the gold answer")

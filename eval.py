@@ -35,7 +35,6 @@ import math
 import os
 import re
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -873,12 +872,11 @@ def throughput(generated: list[dict], stats: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = parse_args(argv)
-    try:
-        run_eval(cfg)
-    except UserError as e:  # a bad flag, file or row: one line; anything else keeps its traceback
-        sys.exit(f"eval.py: error: {e}")
+    run_eval(parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:  # a bad flag, file or row (mathrl.UserError): one line; anything else keeps its traceback
+        raise SystemExit(f"eval.py: error: {e}")

@@ -56,9 +56,9 @@ import torch
 
 import eval as evaluation
 from mathrl import BadValue, CannotRun, UserError
+from mathrl.data import clean_rows, load_eval_rows, read_rows
 from mathrl.distributed import (all_cat, all_items, all_strided, all_sum, barrier, close_distributed, ddp,
                                 init_distributed, print0, rank, rank_share, world_size)  # fmt: skip
-from eval import clean_rows, load_eval_rows, read_rows
 from mathrl.outputs import Trackers, checkpoints, dump_samples, log_step, prepare_out, restore_state, save_checkpoint
 from mathrl.templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
 
@@ -913,7 +913,8 @@ def main(argv: list[str] | None = None) -> None:
     limit = vocab_limit(model, tokenizer)
     train_forward = policy_forward(model, device)  # DDP under torchrun; rollouts, eval and old log-probs use `model`
     rows, total_steps = train_rows(cfg, tokenizer, names)
-    eval_rows = load_eval_rows(cfg) if cfg.eval_every > 0 else []
+    eval_rows = load_eval_rows(cfg.eval_data, cfg.eval_benchmarks, cfg.eval_data_dir, cfg.eval_limit, cfg.problem_field,
+                               cfg.answer_field) if cfg.eval_every > 0 else []  # fmt: skip
     state = restore_state(out, cfg.resume, resume_from, optimizer, writer=rank == 0)  # {} when not resuming
     start, ref_cache = state.get("step", 0), state.get("ref_cache", {})  # ref_cache: (row, template) -> G ref rewards
     trackers = Trackers(cfg, run_name) if rank == 0 else None

@@ -17,6 +17,8 @@ The cases, each a call and its result:
 """
 
 import argparse
+import contextlib
+import io
 import json
 import random
 import sys
@@ -41,7 +43,8 @@ def test_suite_cases() -> list[tuple]:
         def pytest_collection_modifyitems(self, items):
             params.extend(item.callspec.params for item in items if hasattr(item, "callspec"))
 
-    pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider", str(TESTS / "test_verify.py")], plugins=[Collect()])
+    with contextlib.redirect_stdout(io.StringIO()):  # the collection's listing is not the report
+        pytest.main(["--collect-only", "-p", "no:cacheprovider", str(TESTS / "test_verify.py")], plugins=[Collect()])
     cases = []
     for p in params:
         if set(p) == {"pred", "gold"}:

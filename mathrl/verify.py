@@ -95,6 +95,7 @@ MAX_FACTORIAL = 3000  # n! exactly up to this n (3000! has ~30,000 bits)
 MAX_MAG = 1_000_000  # |value| < 2**MAX_MAG for floating evaluation (mpmath's exponent), else "too big"
 REL_TOL_DECIMAL = 1e-6  # relative tolerance when a side is written as a decimal and neither side is an integer
 REL_TOL_EXACT = 1e-25  # "identical" at 113-bit precision: the noise of evaluating exact expressions
+MAX_CONFIRM_BITS = 20_000  # most bits an "equal" re-check may take (see _confirmed); beyond, the answer is False
 N_POINTS = 4  # random points for expressions with variables
 MAX_PM_VALUES = 8  # an answer with \pm stands for at most this many values
 WORKER_STARTUP = 60.0  # seconds a batch worker process may take to import before it is replaced
@@ -126,6 +127,8 @@ class _ParseError(Exception):
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
 _PHRASE_RE = re.compile(
     r"(?im)(?:\b(?:final answer|the answer|the correct (?:answer|option|choice))(?:\s+is\b\s*:?|\s*:)"
+    r"|(?:最终)?答案\s*(?:是|为|[:：])\s*:?"  # Chinese: "答案是", "最终答案为", "答案："
+    r"|\b(?:la\s+)?réponse(?:\s+finale)?(?:\s+est\b\s*:?|\s*:)"  # French: "la réponse (finale) est"
     r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**"
     # PRM800K's "# Answer" heading with a bare answer on the line below (a sentence there is left to the closing value)
     r"|^[ \t]*#+[ \t]*(?:final[ \t]+)?answer[ \t]*:?[ \t]*\n\s*"
@@ -150,6 +153,9 @@ _NAME = r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{
 _NAME_RE = re.compile(_NAME + r"(?:\s*(?:[=<>]|\\[lg]eq?)\s*" + _NAME + ")*")  # $n$, $a = b$: names, not values
 _STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total(?: of)?)|[=:])\s*$")  # "... is 34"
 _RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "..., about 0.42"
+_CLAUSE_RE = re.compile(  # a clause after the answer: ", but ...", " because ...", "，因为 ..." (Chinese comma)
+    r"(?i)(?<=\S)\s*(?:[,;]\s*|\s)(?:but|because|since|which|although|though|however|so)\b|，"
+)
 _NEGATION_RE = re.compile(
     r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=|\bimpossible\s+for\s+[^.]{1,20}?\s+to(?=\s+(?:be|equal)\b))"
     r"\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$",
@@ -262,7 +268,8 @@ def _answer_phrase(text: str) -> str | None:
         while j + 1 < len(spans) and _joins(rest[spans[j][1] : spans[j + 1][0]], words=0):
             j += 1
         return ", ".join(c for _, _, c in spans[: j + 1])
-    rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0]
+    rest = re.split(r"\.(?:\s|$)|[。；]", rest, maxsplit=1)[0]
+    rest = _CLAUSE_RE.split(rest, maxsplit=1)[0]  # "42, but let me check ...": the answer ends where a clause begins
     return rest.strip() or None
 
 
@@ -482,6 +489,9 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
     s = re.sub(r"\{\s*([^{}]+?)\s*\\choose\s*([^{}]+?)\s*\}", r"\\binom{\1}{\2}", s)  # {8 \\choose 2}
+    s = _TRIG_ARG_RE.sub(  # \\sin(90^\\circ - x): every degree mark inside the argument makes its number radians
+        lambda m: m.group(1) + re.sub(r"(\d+(?:\.\d+)?)" + _DEG, r"(\1\\pi/180)", m.group(2)) + ")", s
+    )
     s = _TRIG_DEGREES_RE.sub(  # \\sin 30^\\circ, \\cos(60^\\circ): degrees inside a trigonometric function are radians
         lambda m: m.group(1) + "{(" + (m.group(2) or m.group(3)) + "\\pi/180)}", s
     )
@@ -518,6 +528,9 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\\infty|(?<!\\)\b(?:infinity|inf)\b", r"\\infty ", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r"(?:\s|[.,;]|\\)+$", "", s)  # trailing sentence punctuation, a stray "\\" or "\\\\"
+    m = re.fullmatch(r"(-?\d+) (\d+)/(\d+)", s)
+    if m and int(m.group(2)) < int(m.group(3)):  # "4 4/9" is the mixed number 40/9, as "4\\frac{4}{9}" is
+        s = f"{m.group(1)}\\frac{{{m.group(2)}}}{{{m.group(3)}}}"
     if re.fullmatch(_THOUSANDS, s) or re.fullmatch(r"[1-9]\d{0,2}(?: \d{3})+", s):
         s = s.replace(",", "").replace(" ", "")  # a whole answer "1,000": thousands, not the list (1, 0) nor "1, 000"
     s = re.sub(r" ?([^\w\s\\]) ?", r"\1", s)  # spaces next to symbols carry no meaning
@@ -548,6 +561,9 @@ _DEG = r"\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)"
 _TRIG_DEGREES_RE = re.compile(
     r"(\\(?:sin|cos|tan|cot|sec|csc)(?:\s*\^\s*(?:\{\d\}|\d))?\s*)"  # the function, maybe squared
     r"(?:\(\s*(\d+(?:\.\d+)?)" + _DEG + r"\s*\)|(\d+(?:\.\d+)?)" + _DEG + ")"  # (30^\\circ) or 30^\\circ
+)
+_TRIG_ARG_RE = re.compile(  # a trigonometric function with a parenthesised argument (one level of inner brackets)
+    r"(\\(?:sin|cos|tan|cot|sec|csc)(?:\s*\^\s*(?:\{\d\}|\d))?\s*(?:\\left)?\s*\()((?:[^()]|\([^()]*\))*)(?:\\right)?\)"
 )
 _THOUSANDS = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"  # 1,000 and 12,345.5 (never 0,111 nor 1000,99)
 
@@ -609,6 +625,13 @@ def _text_key(s: str) -> str:
 def _option(s: str) -> tuple[str, str] | None:
     """(letter, value) of a choice written with its value, "(B) 4"; None otherwise."""
     m = re.fullmatch(r"\(([A-E])\)\s*([^*/^=<>)!,:].*)", s.strip())  # not "(A)*(B) = 9", a product
+    return (m.group(1), m.group(2).strip()) if m else None
+
+
+def _gold_option(raw: str) -> tuple[str, str] | None:
+    """(letter, value) of a raw gold answer written as a list item, "B. 12" or "B) $\\frac{1}{2}$" (a space after the
+    mark: "B.5" is no option); None otherwise."""
+    m = re.fullmatch(r"\s*([A-E])[.)]\s+(\S.*)", raw, re.S)
     return (m.group(1), m.group(2).strip()) if m else None
 
 
@@ -1273,9 +1296,32 @@ def _num(node: tuple, env: dict, ctx=_MP):
 
 def _confirmed(p: tuple, g: tuple, env: dict) -> bool:
     """Re-check an "equal" verdict at 400 bits: a true identity stays equal to ~1e-100, while a real difference
-    hiding below the 113-bit tolerance (1 vs 1 + e^{-100}) shows up at the same size as before."""
-    a, b = _num(p, env, _MP_HI), _num(g, env, _MP_HI)
-    return a == b or abs(a - b) <= 1e-90 * max(abs(a), abs(b), 1)
+    hiding below the 113-bit tolerance (1 vs 1 + e^{-100}) shows up at the same size as before. A value inside of
+    magnitude 2^{+-M} (M > 100) can hide a difference of 2^{-M} (2^{1/2^{1000}} is 1 + 2^{-1000} ln 2): the re-check
+    then runs at 400 + 2M bits with a tolerance of 2^{-(300 + M)}, and past MAX_CONFIRM_BITS the answer is False."""
+    spread = max(_spread(p, env), _spread(g, env))
+    if spread <= 100:
+        a, b = _num(p, env, _MP_HI), _num(g, env, _MP_HI)
+        return a == b or abs(a - b) <= 1e-90 * max(abs(a), abs(b), 1)
+    if 400 + 2 * spread > MAX_CONFIRM_BITS:
+        return False
+    ctx = mpmath.MPContext()  # a fresh context: the shared ones keep their precision (thread-safe)
+    ctx.prec = 400 + 2 * spread
+    a, b = _num(p, env, ctx), _num(g, env, ctx)
+    return a == b or abs(a - b) <= ctx.ldexp(1, -(300 + spread)) * max(abs(a), abs(b), 1)
+
+
+def _spread(node: tuple, env: dict) -> int:
+    """The largest |log2 |v|| over the values of a scalar tree's subtrees (those that evaluate on their own)."""
+    out = 0
+    for sub in _walk(node):
+        try:
+            v = _num(sub, env)
+            if v != 0 and not _MP.isinf(v) and not _MP.isnan(v):
+                out = max(out, abs(int(_MP.mag(v))))
+        except Exception:
+            continue
+    return out
 
 
 def _decimal_close(p: tuple, g: tuple, a, b) -> bool:
@@ -1748,6 +1794,31 @@ def _equation_equal(p: tuple, g: tuple) -> bool:
     return len(ratios) >= 2 and all(_close(r, ratios[0], 1e-20) for r in ratios)
 
 
+def _function_label(node: tuple) -> str | None:
+    """The variable of a function's name, "f(x)" -> "x" (parsed as the product of two one-letter names); None."""
+    if node[0] == "mul" and len(node[1]) == 2 and all(c[0] == "sym" and len(c[1]) == 1 for c in node[1]):
+        return node[1][1][1]
+    return None
+
+
+def _graph_sides(p: tuple, g: tuple) -> tuple | None:
+    """The right sides of two equations that name one function, "f(x) = ..." and "y = ..." (or "g(x) = ..."), when
+    neither right side uses the name; None otherwise. "x = 5" and "y = 5" stay two different statements."""
+    if not (p[0] == g[0] == "rel" and p[1] == g[1] == ("=",)):
+        return None
+    (lp, rp), (lg, rg) = p[2], g[2]
+    fp, fg = _function_label(lp), _function_label(lg)
+    if fp is None and fg is None or fp is not None and fg is not None and fp != fg:
+        return None
+    if (fp is None and lp != ("sym", "y")) or (fg is None and lg != ("sym", "y")):
+        return None
+    names = _symbols(lp) | _symbols(lg)
+    var = fp or fg
+    if (_symbols(rp) | _symbols(rg)) & (names - {var}):
+        return None
+    return rp, rg
+
+
 def _sets_equal(ip: list, ig: list) -> tuple[bool, str]:
     """Two sets of reals given as intervals (from unions, relations or "x \\in ...")."""
     if _unordered_equal(ip, ig):
@@ -1773,6 +1844,10 @@ def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
             fp, fg = _flip(p), _flip(g)
             if fp[1] == fg[1] and _ordered_equal(fp[2], fg[2]):
                 return True, "same relation"
+            graph = _graph_sides(p, g)
+            if graph is not None:  # "f(x) = x^2 + 1" and "y = x^2 + 1" name the same function
+                ok, why = _equal(*graph)
+                return ok, f"the same function named two ways: {why}"
             if fp[1] == fg[1] == ("=",):
                 return (
                     (True, "equations differ by a constant factor")
@@ -1871,13 +1946,16 @@ def _variants(raw: str, node: tuple, marks: str, pred: bool) -> list:
 
 def _same_clock(np_: str, ng: str) -> bool | None:
     """Whether a predicted time of day ("time 15:45", from "3:45 PM") shows a bare gold clock reading ("3:45"): same
-    hour on a 12-hour clock, same minutes. One way only: a bare prediction "4:30" leaves out the a.m./p.m. that a gold
+    hour on a 12-hour clock (on a 24-hour clock when the gold's hour is 0 or past 12), same minutes. One way only: a bare prediction "4:30" leaves out the a.m./p.m. that a gold
     "4:30 p.m." asks for. None unless the prediction is a time of day and the gold a bare H:MM."""
     t = re.fullmatch(r"time (\d+):(\d\d)", np_)
     b = re.fullmatch(r"(\d{1,2}):(\d\d)", ng)
     if not (t and b):
         return None
-    return int(t.group(1)) % 12 == int(b.group(1)) % 12 and t.group(2) == b.group(2)
+    hour, gold_hour = int(t.group(1)), int(b.group(1))
+    if gold_hour > 12 or gold_hour == 0:  # "20:34" is a 24-hour reading: 8:34 p.m., never 08:34 a.m.
+        return hour == gold_hour and t.group(2) == b.group(2)
+    return hour % 12 == gold_hour % 12 and t.group(2) == b.group(2)
 
 
 def _decide(pred: str, gold: str) -> tuple[bool, str]:
@@ -1898,8 +1976,8 @@ def _decide(pred: str, gold: str) -> tuple[bool, str]:
         if mc is not None:
             got = _mc_letters(np_, pred=True)
             return (True, "same choice letters") if got == mc else (False, f"choice {''.join(sorted(mc))} expected")
-        option = _option(ng)
-        if option:  # gold "(B) 4": the letter, or the option's value
+        option = _option(ng) or _gold_option(gold)
+        if option:  # gold "(B) 4" or "B. 4": the letter, or the option's value
             if _mc_letters(np_, pred=True) == {option[0]}:
                 return True, "same choice letter"
             theirs = _option(np_)

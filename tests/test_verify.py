@@ -289,6 +289,25 @@ EQUAL = [
     ("[0,2]\\setminus\\{1\\}", "[0,1)\\cup(1,2]"),
     ("\\textbf{(B)}\\ 17", "\\textbf{(B) }17"),
     ("500 nm", "500"),
+    # a mixed number in plain text (as "4\\frac{4}{9}" is one)
+    ("4 4/9", "\\frac{40}{9}"),
+    ("-2 1/3", "-\\frac{7}{3}"),
+    # a degree mark inside a trigonometric function's argument makes its number radians
+    ("\\sin(90^\\circ - x)", "\\cos x"),
+    ("\\cos\\left(180^\\circ - x\\right)", "-\\cos x"),
+    # one function named f(x), g(x) or y
+    ("f(x) = x^2 + 1", "y = x^2 + 1"),
+    ("y = 2x - 3", "g(x) = 2x - 3"),
+    # a true identity whose inner values are huge or tiny is confirmed at a precision that can see the difference
+    ("2^{2^{-1000}}", "2^{1/2^{1000}}"),
+    ("\\sqrt{2}^{400}", "2^{200}"),
+    # a gold clock reading past 12 is on a 24-hour clock
+    ("8:34 PM", "20:34"),
+    ("12:15 AM", "00:15"),
+    # a multiple-choice gold written as a list item with the option's text: its letter or its value
+    ("B", "B. 12"),
+    ("12", "B) 12"),
+    ("0.5", "C. $\\frac{1}{2}$"),
 ]
 
 NOT_EQUAL = [
@@ -471,6 +490,20 @@ NOT_EQUAL = [
     ("[0,2]\\setminus\\{1\\}", "[0,1]\\cup[1,2]"),
     ("(0,2)\\setminus\\{5\\}", "(0,5)\\cup(5,2)"),  # a point outside: no halves
     ("\\textbf{(B)}\\ 17", "\\textbf{(A) }17"),  # a predicted option names its letter: another letter is wrong
+    # false twins of the rules for mixed numbers, trigonometric degrees, function names, precision, clocks, options
+    ("4 4/9", "\\frac{16}{9}"),  # not the product 4 * 4/9
+    ("4 9/4", "\\frac{25}{4}"),  # a whole number and an improper fraction: no mixed number
+    ("\\sin(90^\\circ - x)", "\\sin x"),
+    ("\\sin(90 - x)", "\\cos x"),  # no degree mark: 90 radians
+    ("f(x) = x^2 + 2", "y = x^2 + 1"),
+    ("x = 5", "y = 5"),  # two unknowns, not one function
+    ("2^{1/2^{1000}}", "1"),  # 1 + 2^{-1000} ln 2: the difference hides below 400 bits
+    ("1", "e^{2^{-1000}}"),
+    ("08:34 A.M.", "20:34"),
+    ("12:15 PM", "00:15"),
+    ("C", "B. 12"),
+    ("13", "B) 12"),
+    ("(A) 12", "B. 12"),
     ("3nm", "3mn"),
     # empty and malformed
     ("", "5"),
@@ -509,6 +542,11 @@ def test_equal_is_symmetric_on_the_rule_cases():
         ("1000,99", "1000.99"),
         ("0,111", "0.111"),
         ("2,74", "2.74"),
+        ("8:34 PM", "20:34"),
+        ("12:15 AM", "00:15"),
+        ("B", "B. 12"),
+        ("12", "B) 12"),
+        ("0.5", "C. $\\frac{1}{2}$"),
     }
     for pred, gold in EQUAL:
         if (pred, gold) not in asymmetric:
@@ -706,6 +744,19 @@ RESPONSES = [
     ("The train leaves at $\\boxed{3:54 \\text{ PM}}$.", "3:45", False),
     ("She wakes at $\\boxed{\\text{9:30 a.m.}}$.", "9:30\\text{ a.m.}", True),
     ("She wakes at $\\boxed{\\text{9:30 p.m.}}$.", "9:30\\text{ a.m.}", False),
+    # the answer phrase in Chinese and in French
+    ("因此，答案是 12。我们用了 3 步。", "12", True),
+    ("因此，答案是 12。我们用了 3 步。", "3", False),
+    ("La réponse finale est 12. Nous avons utilisé 3 étapes.", "12", True),
+    ("La réponse finale est 12. Nous avons utilisé 3 étapes.", "3", False),
+    # the phrase's answer ends where a clause begins; a list goes on
+    ("The answer is 42, but let me double check: 6 * 7 = 42.", "42", True),
+    ("The answer is 42, but let me double check: 6 * 7 = 42.", "7", False),
+    ("The answer is 4, 2.", "4, 2", True),
+    ("The answer is 4, 2.", "4", False),
+    # a mixed number after the phrase
+    ("So the answer is 4 4/9.", "\\frac{40}{9}", True),
+    ("So the answer is 4 4/9.", "\\frac{4}{9}", False),
 ]
 
 

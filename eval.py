@@ -260,7 +260,8 @@ def generate_chunk(
 def grade_records(records: list[dict], timeout: float = 5.0, workers: int | None = None) -> list[dict]:
     """Fill "extracted" and "correct" in place with the papers' boxed-answer protocol (verify.py, boxed_only=True):
     the last \\boxed{} of the response against every accepted gold answer; no box, a timeout or an error scores 0."""
-    from mathrl.verify import extract_answer, grade_batch
+    from mathrl.grading import grade_batch
+    from mathrl.verify import extract_answer
 
     todo = [r for r in records if not r.get("skipped")]
     verdicts = grade_batch(

@@ -60,7 +60,9 @@ from mathrl.data import clean_rows, load_eval_rows, read_rows
 from mathrl.distributed import (all_cat, all_items, all_strided, all_sum, barrier, close_distributed, ddp,
                                 init_distributed, print0, rank, rank_share, world_size)  # fmt: skip
 from mathrl.outputs import Trackers, checkpoints, dump_samples, log_step, prepare_out, restore_state, save_checkpoint
-from mathrl.templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
+from mathrl.grading import grade_batch
+from mathrl.templates import (DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template,
+                              format_score, render)  # fmt: skip
 
 # Axis legend for shape comments: B prompts per step, G samples per prompt, T response tokens, V vocabulary.
 # A flat batch of sequences is (B*G, ...); P+T is prompt + response length of a padded sequence.
@@ -421,23 +423,15 @@ def reference_rollouts(cfg: Config, ref_engine, step: int, prompt_ids: list, key
 
 
 def score(cfg: Config, completions: list, golds: list, names: list[str]) -> dict[str, torch.Tensor]:
-    """Reward, accuracy and format of [B][G] completions, each (B, G); verify.py grades in parallel with time limits.
-
-    reward = accuracy + format score (arXiv:2602.03190v1 Sec. 3); --overlong zero gives truncated responses 0.
-    """
-    from mathrl.verify import reward_batch
-
+    """Reward, accuracy and format of [B][G] completions, each (B, G); verify.py grades in parallel with time limits
+    (grading.py). --overlong zero gives truncated responses 0."""
     B, G = len(completions), len(completions[0])
     flat = [c for group in completions for c in group]
-    out = reward_batch(
-        [c.text for c in flat],
-        [g for g in golds for _ in range(G)],
-        [n for n in names for _ in range(G)],
-        use_format=cfg.use_format,
-        timeout=cfg.reward_timeout,
-        workers=cfg.reward_workers or None,
-    )
-    res = {k: torch.tensor([o[k] for o in out], dtype=torch.float64).view(B, G) for k in ("reward", "accuracy", "format")}
+    acc = grade_batch([c.text for c in flat], [g for g in golds for _ in range(G)], timeout=cfg.reward_timeout,
+                      workers=cfg.reward_workers or None)  # fmt: skip
+    fmt = [format_score(n, c.text) if cfg.use_format else 0.0 for n, group in zip(names, completions) for c in group]
+    accuracy, fmt = torch.tensor(acc, dtype=torch.float64).view(B, G), torch.tensor(fmt, dtype=torch.float64).view(B, G)
+    res = {"reward": accuracy + fmt, "accuracy": accuracy, "format": fmt}  # ALGO: arXiv:2602.03190v1 Sec. 3 reward
     res["truncated"] = torch.tensor([not c.finished for c in flat], dtype=torch.float64).view(B, G)
     if cfg.overlong == "zero":  # ALGO: DAPO-style overlong penalty, the simplest form (arXiv:2503.14476v1 Sec. 3.4)
         res["reward"] = res["reward"] * (1 - res["truncated"])
@@ -722,7 +716,7 @@ def tis_weight(old_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float) ->
 
 
 def run_eval(cfg: Config, engine, tokenizer, rows: list[dict]) -> dict:
-    """Greedy accuracy with the eval template, graded exactly as eval.py does (boxed answer, verify.grade_batch).
+    """Greedy accuracy with the eval template, graded exactly as eval.py does (boxed answer, grading.grade_batch).
     Under torchrun each rank evaluates rows rank, rank + world, ...; the records are gathered back into row order."""
     records = evaluation.evaluate(
         engine, tokenizer, rows[rank() :: world_size()], template=cfg.eval_template, context=cfg.eval_context,

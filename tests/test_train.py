@@ -464,6 +464,27 @@ def test_score_accuracy_format_and_overlong():
     assert res["reward"].tolist() == [[1, 0], [1, 1]]
 
 
+def test_score_format_rules_of_the_paper_templates():
+    """reward = accuracy + format score: qwen-math's format is constant (1), open-r1's counts its four tags (each
+    exactly once); the answer is cut at the first </answer>, so a box after it does not count. Worker processes give
+    the in-process numbers."""
+
+    def c(text):
+        return Completion(token_ids=[1], logprobs=[0.0], finished=True, text=text)
+
+    half = "<think>\nwork\n</think>\n\\boxed{2}"  # two of the four tags
+    after = "<think>\nw\n</think>\n<answer>\n\\boxed{3}\n</answer> \\boxed{2}"
+    completions = [[c("so \\boxed{2}"), c("so \\boxed{3}")], [c(half), c(after)]]
+    args = (completions, ["2", "2"], ["qwen-math", "open-r1"])
+    res = score(Config(reward_workers=1), *args)
+    assert res["accuracy"].tolist() == [[1, 0], [1, 0]]
+    assert res["format"].tolist() == [[1, 1], [0.5, 1]]
+    assert res["reward"].tolist() == [[2, 1], [1.5, 1]]
+    assert {k: v.tolist() for k, v in score(Config(reward_workers=2), *args).items()} == {
+        k: v.tolist() for k, v in res.items()
+    }
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Log-probs on a tiny random Qwen2
 

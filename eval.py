@@ -39,7 +39,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from mathrl import BadValue, CannotRun, MissingFile, UserError
+from mathrl import BadValue, CannotRun, UserError
+from mathrl.data import BENCHMARKS, HF_DATASET, load_benchmark, read_jsonl
 from mathrl.templates import ALL_TEMPLATES, DEFAULT_TEMPLATE, TEMPLATES, render
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -59,7 +60,7 @@ class EvalConfig:
     # data
     benchmarks: str = "aime24,amc,math500,minerva,olympiadbench"  # comma-separated benchmark names
     data_dir: str = ""  # folder of <benchmark>.jsonl files (id, problem, answer, answers); empty: --hf-dataset
-    hf_dataset: str = "lkevinzc/math-eval"  # hub dataset with one split per benchmark (see HF_SPLITS)
+    hf_dataset: str = HF_DATASET  # hub dataset with one split per benchmark (data.HF_SPLITS)
     limit: int = 0  # evaluate only the first N questions of each benchmark (0: all)
     # protocol (prompt augmentation arXiv:2602.03190v1: qwen-math, greedy, 3000 new tokens, context 4096, seed 42)
     templates: str = DEFAULT_TEMPLATE  # comma-separated template names, or "all" for the 13 paper templates
@@ -116,164 +117,9 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Benchmarks
+# Benchmarks (read by mathrl/data.py: load_benchmark)
 
-BENCHMARKS = ("aime24", "amc", "math500", "minerva", "olympiadbench")  # the papers' order
 DISPLAY = {"aime24": "AIME24", "amc": "AMC", "math500": "MATH500", "minerva": "Minerva", "olympiadbench": "Olympiad"}
-# split of each benchmark in --hf-dataset. lkevinzc/math-eval has splits of exactly 30/83/500/272/675 questions
-# (problem, answer list): the sizes of the understand-r1-zero suite that the prompt-augmentation code evaluates on.
-# Identified by its card (split names and sizes), not compared row by row (no hub access where this was written).
-HF_SPLITS = {"aime24": "aime", "amc": "amc", "math500": "math", "minerva": "minerva", "olympiadbench": "olympiad_bench"}
-UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
-
-
-def clean_answer(answer) -> str:
-    """One gold answer as a bare string.
-
-    Numbers become their shortest string (AMC stores 142.0 -> "142"); whitespace is stripped (Minerva keeps a trailing
-    newline on 268 of 351 answers); `$` math delimiters are removed (OlympiadBench wraps 265 of 675 answers in `$...$`,
-    some as `$69$,$84$` -> "69,84"). An escaped dollar `\\$` (currency) is kept.
-    """
-    if isinstance(answer, float) and answer.is_integer():
-        answer = int(answer)
-    return UNESCAPED_DOLLAR.sub("", str(answer).strip()).strip()
-
-
-def normalize_row(raw: dict, benchmark: str, index: int, source: str) -> dict:
-    """{"benchmark", "id", "problem", "answers"} from one raw row (fields of the JSONL layout or of hub datasets)."""
-    row_id = str(raw.get("id", f"{benchmark}-{index:03d}"))
-    where = f"{source} row {index} (id {row_id!r})"
-    problem = raw.get("problem", raw.get("question"))
-    if not isinstance(problem, str) or not problem.strip():
-        raise BadValue(f"{where}: no 'problem' (or 'question') text")
-    for key in ("answers", "answer", "final_answer"):  # the full list first, then the single answer
-        if raw.get(key) not in (None, "", []):
-            value = raw[key]
-            break
-    else:
-        raise BadValue(f"{where}: no answer (fields 'answers', 'answer' or 'final_answer' missing or empty)")
-    answers = [clean_answer(a) for a in (value if isinstance(value, list) else [value])]
-    answers = list(dict.fromkeys(a for a in answers if a))  # drop empties and duplicates, keep the order
-    if not answers:
-        raise BadValue(f"{where}: every answer is empty after cleaning ({value!r})")
-    return {"benchmark": benchmark, "id": row_id, "problem": problem, "answers": answers}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """All objects of a JSON Lines file; a line that is not a JSON object is an error naming the file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadValue(f"{path} line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise BadValue(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
-
-
-def read_rows(source: str, subset: str = "", split: str = "train") -> list[dict]:
-    """Raw rows of a .jsonl / .json / .parquet file, a folder of such files, or a Hugging Face dataset name."""
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
-        if not files:
-            raise MissingFile(f"{source}: folder holds no .jsonl/.json/.parquet files")
-        return [row for p in files for row in read_rows(str(p))]
-    if path.suffix in (".jsonl", ".json", ".parquet") and not path.is_file():
-        raise MissingFile(f"data file {source} not found")
-    if path.suffix in (".jsonl", ".json"):
-        return read_jsonl(path)  # a bad line is an error naming the file and line
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise CannotRun(f"reading {source} needs pyarrow (pip install pyarrow)") from None
-        return pq.read_table(path).to_pylist()
-    if path.exists() or source.startswith((".", "/")):
-        raise BadValue(f"{source}: expected a .jsonl, .json or .parquet file, a folder of them, or a dataset name")
-    try:
-        import datasets
-    except ImportError:
-        raise CannotRun(f"{source} is not a local file, and loading it from the HF hub needs `datasets`") from None
-    return [dict(r) for r in datasets.load_dataset(source, subset or None, split=split)]
-
-
-def clean_rows(raw: list[dict], problem_field: str, answer_field: str, source: str) -> tuple[list[dict], int]:
-    """[{"problem", "answer"}] from raw rows; rows with a missing or empty problem or answer are skipped and counted.
-
-    The answer may be a string, a number or a list of accepted answers (kept as a list of strings).
-    """
-    if raw and not any(problem_field in r or "question" in r for r in raw):
-        raise BadValue(f"{source}: no row has the field {problem_field!r}; fields of row 0: {sorted(raw[0])}")
-    if raw and not any(answer_field in r for r in raw):
-        raise BadValue(f"{source}: no row has the field {answer_field!r}; fields of row 0: {sorted(raw[0])}")
-    rows, skipped = [], 0
-    for r in raw:
-        problem = r.get(problem_field, r.get("question")) if isinstance(r, dict) else None
-        answer = r.get(answer_field) if isinstance(r, dict) else None
-        answers = [str(a).strip() for a in (answer if isinstance(answer, list) else [answer]) if a is not None]
-        answers = [a for a in answers if a]
-        if not isinstance(problem, str) or not problem.strip() or not answers:
-            skipped += 1
-            continue
-        rows.append({"problem": problem, "answer": answers[0] if len(answers) == 1 else answers})
-    return rows, skipped
-
-
-def load_benchmark(
-    name: str, data_dir: str | None = None, hf_dataset: str = EvalConfig.hf_dataset, limit: int | None = None
-) -> list[dict]:
-    """The questions of one benchmark: [{"benchmark", "id", "problem", "answers": [str, ...]}], in file order.
-
-    From `data_dir/<name>.jsonl` when data_dir is given, else from the split HF_SPLITS[name] of the hub dataset.
-    `limit` keeps the first N questions.
-    """
-    if name not in BENCHMARKS:
-        raise BadValue(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
-    if data_dir:
-        path = Path(data_dir) / f"{name}.jsonl"
-        if not path.is_file():
-            raise MissingFile(f"benchmark file {path} not found (--data-dir must hold {name}.jsonl)")
-        raw_rows, source = read_jsonl(path), str(path)
-    else:
-        raw_rows, source = _load_hub_split(hf_dataset, HF_SPLITS[name]), f"{hf_dataset}[{HF_SPLITS[name]}]"
-    rows = [normalize_row(raw, name, i, source) for i, raw in enumerate(raw_rows)]
-    if not rows:
-        raise BadValue(f"{source}: no questions")
-    ids = [row["id"] for row in rows]
-    if len(set(ids)) != len(ids):
-        duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise BadValue(f"{source}: duplicate id {duplicate!r}")
-    return rows[:limit] if limit else rows
-
-
-def load_eval_rows(cfg) -> list[dict]:
-    """train.py's held-out questions (cfg: its Config; --eval-data, else --eval-benchmarks) as rows of this file's
-    layout, {"benchmark", "id", "problem", "answers"}."""
-    if cfg.eval_data:
-        rows, _ = clean_rows(read_rows(cfg.eval_data, split="test"), cfg.problem_field, cfg.answer_field, cfg.eval_data)
-        return [{"benchmark": "heldout", "id": f"heldout-{i}", "problem": r["problem"],
-                 "answers": r["answer"] if isinstance(r["answer"], list) else [r["answer"]]}
-                for i, r in enumerate(rows[: cfg.eval_limit or None])]  # fmt: skip
-    names = [b.strip() for b in cfg.eval_benchmarks.split(",") if b.strip()]
-    return [row for b in names for row in load_benchmark(b, cfg.eval_data_dir or None, limit=cfg.eval_limit)]
-
-
-def _load_hub_split(dataset: str, split: str) -> list[dict]:
-    """Rows of one split of a Hugging Face hub dataset (needs the `datasets` package and hub access)."""
-    try:
-        import datasets
-    except ImportError:
-        raise CannotRun(
-            f"loading {dataset} from the Hugging Face hub needs the `datasets` package "
-            "(pip install datasets); or pass --data-dir with <benchmark>.jsonl files"
-        ) from None
-    return [dict(row) for row in datasets.load_dataset(dataset, split=split)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -413,7 +259,8 @@ def generate_chunk(
 def grade_records(records: list[dict], timeout: float = 5.0, workers: int | None = None) -> list[dict]:
     """Fill "extracted" and "correct" in place with the papers' boxed-answer protocol (verify.py, boxed_only=True):
     the last \\boxed{} of the response against every accepted gold answer; no box, a timeout or an error scores 0."""
-    from mathrl.verify import extract_answer, grade_batch
+    from mathrl.grading import grade_batch
+    from mathrl.verify import extract_answer
 
     todo = [r for r in records if not r.get("skipped")]
     verdicts = grade_batch(

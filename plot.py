@@ -19,12 +19,12 @@ seed of it logged. A `*` key then averages its matches (e.g. the mean entropy ov
 
 import argparse
 import fnmatch
-import json
 import math
 import re
 from pathlib import Path
 
 from mathrl import BadValue, CannotRun, MissingFile, UserError
+from mathrl.data import read_jsonl
 
 DEFAULT_KEYS = ["train/reward", "train/accuracy", "eval/accuracy", "train/entropy", "train/response_len",
                 "template/*/entropy"]  # fmt: skip
@@ -45,19 +45,7 @@ def load_metrics(path: str | Path) -> list[dict]:
     file = path / "metrics.jsonl" if path.is_dir() else path
     if not file.is_file():
         raise MissingFile(f"{path}: no metrics.jsonl in this folder (is it a train.py --out folder?)")
-    rows = []
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BadValue(f"{file} line {lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "step" not in row:
-                raise BadValue(f"{file} line {lineno}: expected a JSON object with a 'step' key")
-            rows.append(row)
-    return rows
+    return read_jsonl(file, key="step")
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:

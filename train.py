@@ -56,11 +56,13 @@ import torch
 
 import eval as evaluation
 from mathrl import BadValue, CannotRun, UserError
+from mathrl.data import clean_rows, load_eval_rows, read_rows
 from mathrl.distributed import (all_cat, all_items, all_strided, all_sum, barrier, close_distributed, ddp,
                                 init_distributed, print0, rank, rank_share, world_size)  # fmt: skip
-from eval import clean_rows, load_eval_rows, read_rows
 from mathrl.outputs import Trackers, checkpoints, dump_samples, log_step, prepare_out, restore_state, save_checkpoint
-from mathrl.templates import DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, render
+from mathrl.grading import grade_batch
+from mathrl.templates import (DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template,
+                              format_score, render)  # fmt: skip
 
 # Axis legend for shape comments: B prompts per step, G samples per prompt, T response tokens, V vocabulary.
 # A flat batch of sequences is (B*G, ...); P+T is prompt + response length of a padded sequence.
@@ -421,23 +423,15 @@ def reference_rollouts(cfg: Config, ref_engine, step: int, prompt_ids: list, key
 
 
 def score(cfg: Config, completions: list, golds: list, names: list[str]) -> dict[str, torch.Tensor]:
-    """Reward, accuracy and format of [B][G] completions, each (B, G); verify.py grades in parallel with time limits.
-
-    reward = accuracy + format score (arXiv:2602.03190v1 Sec. 3); --overlong zero gives truncated responses 0.
-    """
-    from mathrl.verify import reward_batch
-
+    """Reward, accuracy and format of [B][G] completions, each (B, G); verify.py grades in parallel with time limits
+    (grading.py). --overlong zero gives truncated responses 0."""
     B, G = len(completions), len(completions[0])
     flat = [c for group in completions for c in group]
-    out = reward_batch(
-        [c.text for c in flat],
-        [g for g in golds for _ in range(G)],
-        [n for n in names for _ in range(G)],
-        use_format=cfg.use_format,
-        timeout=cfg.reward_timeout,
-        workers=cfg.reward_workers or None,
-    )
-    res = {k: torch.tensor([o[k] for o in out], dtype=torch.float64).view(B, G) for k in ("reward", "accuracy", "format")}
+    acc = grade_batch([c.text for c in flat], [g for g in golds for _ in range(G)], timeout=cfg.reward_timeout,
+                      workers=cfg.reward_workers or None)  # fmt: skip
+    fmt = [format_score(n, c.text) if cfg.use_format else 0.0 for n, group in zip(names, completions) for c in group]
+    accuracy, fmt = torch.tensor(acc, dtype=torch.float64).view(B, G), torch.tensor(fmt, dtype=torch.float64).view(B, G)
+    res = {"reward": accuracy + fmt, "accuracy": accuracy, "format": fmt}  # ALGO: arXiv:2602.03190v1 Sec. 3 reward
     res["truncated"] = torch.tensor([not c.finished for c in flat], dtype=torch.float64).view(B, G)
     if cfg.overlong == "zero":  # ALGO: DAPO-style overlong penalty, the simplest form (arXiv:2503.14476v1 Sec. 3.4)
         res["reward"] = res["reward"] * (1 - res["truncated"])
@@ -722,7 +716,7 @@ def tis_weight(old_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float) ->
 
 
 def run_eval(cfg: Config, engine, tokenizer, rows: list[dict]) -> dict:
-    """Greedy accuracy with the eval template, graded exactly as eval.py does (boxed answer, verify.grade_batch).
+    """Greedy accuracy with the eval template, graded exactly as eval.py does (boxed answer, grading.grade_batch).
     Under torchrun each rank evaluates rows rank, rank + world, ...; the records are gathered back into row order."""
     records = evaluation.evaluate(
         engine, tokenizer, rows[rank() :: world_size()], template=cfg.eval_template, context=cfg.eval_context,
@@ -779,10 +773,11 @@ def update_policy(cfg: Config, forward, optimizer, batch: dict, limit: int | Non
                         is_w = tis_weight(old_logp[rows_mb, :t], engine_logp[rows_mb, :t], cfg.tis_cap)[0].to(device)
                     loss, stats = policy_loss(
                         logp, old_logp[rows_mb, :t].to(device), batch["adv"][rows_mb].to(device),
-                        loss_mask[rows_mb, :t].to(device), kind, cfg.clip_eps_low, cfg.clip_eps_high, cfg.dual_clip,
-                        cfg.log_ratio_clamp, cfg.agg, n_tokens, n_seqs, cfg.max_new_tokens,
-                        ent if cfg.entropy_coef > 0 else None, cfg.entropy_coef,
-                        batch["ref_logp"][rows_mb, :t].to(device), cfg.kl_coef, is_w,
+                        loss_mask[rows_mb, :t].to(device), kind=kind, eps_low=cfg.clip_eps_low,
+                        eps_high=cfg.clip_eps_high, dual_clip=cfg.dual_clip, log_ratio_clamp=cfg.log_ratio_clamp,
+                        agg=cfg.agg, n_tokens=n_tokens, n_seqs=n_seqs, max_len=cfg.max_new_tokens,
+                        entropy=ent if cfg.entropy_coef > 0 else None, entropy_coef=cfg.entropy_coef,
+                        ref_logp=batch["ref_logp"][rows_mb, :t].to(device), kl_coef=cfg.kl_coef, is_weight=is_w,
                     )  # fmt: skip
                     # ALGO: `loss` is this rank's part of the global loss (global normaliser), the global loss is the
                     # sum over ranks, and DDP averages gradients (sum / world): hence x world
@@ -802,9 +797,9 @@ def step_metrics(cfg: Config, step: int, epoch: int, lr: float, res: dict, adv, 
     G, world = cfg.group_size, world_size()
     entropy, old_logp, engine_logp, loss_mask = (batch[k] for k in ("entropy", "old_logp", "engine_logp", "loss_mask"))
     rmask = batch["resp_mask"].float()  # (N, T)
-    sums = all_sum(torch.stack([(entropy * rmask).sum(), (old_logp * rmask).sum(),
-                                ((engine_logp - old_logp).abs() * rmask).sum(), rmask.sum(), batch["attn"].sum().float().cpu()]))  # fmt: skip
-    n_resp_tokens = sums[3].item()
+    ent_sum, logp_sum, logp_diff_sum, n_resp_tokens, n_tokens = all_sum(torch.stack([  # this rank's sums -> all ranks'
+        (entropy * rmask).sum(), (old_logp * rmask).sum(), ((engine_logp - old_logp).abs() * rmask).sum(), rmask.sum(),
+        batch["attn"].sum().float().cpu()])).tolist()  # fmt: skip
     g = {k: all_cat(v) for k, v in [*res.items(), ("adv", adv), ("zero_var", zero_var.float())]}  # (B*world, G)
     clip_w, clip_fw, loss_sum, kl_sum, n_micro = all_sum(torch.tensor(
         [sum(w for _, w in upd["clip_fracs"]), sum(f * w for f, w in upd["clip_fracs"]), sum(upd["losses"]),
@@ -816,9 +811,9 @@ def step_metrics(cfg: Config, step: int, epoch: int, lr: float, res: dict, adv, 
         "train/reward": g["reward"].mean().item(),
         "train/accuracy": g["accuracy"].mean().item(),
         "train/format": g["format"].mean().item(),
-        "train/entropy": sums[0].item() / max(n_resp_tokens, 1),
-        "train/nll_sampled": -sums[1].item() / max(n_resp_tokens, 1),
-        "train/logp_diff": sums[2].item() / max(n_resp_tokens, 1),
+        "train/entropy": ent_sum / max(n_resp_tokens, 1),
+        "train/nll_sampled": -logp_sum / max(n_resp_tokens, 1),
+        "train/logp_diff": logp_diff_sum / max(n_resp_tokens, 1),
         "train/response_len": n_resp_tokens / (rmask.shape[0] * world),
         "train/truncated": g["truncated"].mean().item(),
         "train/clip_frac": clip_fw / clip_w if clip_w else 0.0,
@@ -833,8 +828,8 @@ def step_metrics(cfg: Config, step: int, epoch: int, lr: float, res: dict, adv, 
         metrics["train/kl"] = kl_sum / n_micro
     if cfg.tis_cap > 0:
         truncated = tis_weight(old_logp, engine_logp, cfg.tis_cap)[1].float()  # (N, T)
-        tis = all_sum(torch.stack([(truncated * loss_mask).sum(), loss_mask.sum()]))
-        metrics["train/tis_clip_frac"] = (tis[0] / tis[1].clamp(min=1)).item()
+        n_truncated, n_loss_tokens = all_sum(torch.stack([(truncated * loss_mask).sum(), loss_mask.sum()]))
+        metrics["train/tis_clip_frac"] = (n_truncated / n_loss_tokens.clamp(min=1)).item()
     if cfg.estimator == "aapo":
         g_ref = all_cat(ref_rewards)  # (B*world, G)
         margin = aapo_margin(g["reward"], g_ref)
@@ -850,13 +845,13 @@ def step_metrics(cfg: Config, step: int, epoch: int, lr: float, res: dict, adv, 
         for name in sorted(set(g_tmpl)):
             sel = torch.tensor([t == name for t in g_tmpl])  # (B*world,)
             seq_sel = torch.tensor([t == name for t in tmpl]).repeat_interleave(G)  # (N,) this rank's
-            ent = all_sum(torch.stack([(entropy[seq_sel] * rmask[seq_sel]).sum(), rmask[seq_sel].sum()]))
+            t_ent, t_tokens = all_sum(torch.stack([(entropy[seq_sel] * rmask[seq_sel]).sum(), rmask[seq_sel].sum()]))
             metrics[f"template/{name}/accuracy"] = g["accuracy"][sel].mean().item()
-            metrics[f"template/{name}/entropy"] = (ent[0] / ent[1].clamp(min=1)).item()
+            metrics[f"template/{name}/entropy"] = (t_ent / t_tokens.clamp(min=1)).item()
             metrics[f"template/{name}/prompts"] = int(sel.sum())
     metrics.update(timing, **{"time/step": time.time() - t_step})
     metrics["perf/gen_tokens_per_s"] = n_resp_tokens / max(timing["time/generate"], 1e-9)
-    metrics["perf/train_tokens_per_s"] = sums[4].item() * cfg.ppo_epochs / max(timing["time/train"], 1e-9)
+    metrics["perf/train_tokens_per_s"] = n_tokens * cfg.ppo_epochs / max(timing["time/train"], 1e-9)
     return metrics
 
 
@@ -913,7 +908,8 @@ def main(argv: list[str] | None = None) -> None:
     limit = vocab_limit(model, tokenizer)
     train_forward = policy_forward(model, device)  # DDP under torchrun; rollouts, eval and old log-probs use `model`
     rows, total_steps = train_rows(cfg, tokenizer, names)
-    eval_rows = load_eval_rows(cfg) if cfg.eval_every > 0 else []
+    eval_rows = load_eval_rows(cfg.eval_data, cfg.eval_benchmarks, cfg.eval_data_dir, cfg.eval_limit, cfg.problem_field,
+                               cfg.answer_field) if cfg.eval_every > 0 else []  # fmt: skip
     state = restore_state(out, cfg.resume, resume_from, optimizer, writer=rank == 0)  # {} when not resuming
     start, ref_cache = state.get("step", 0), state.get("ref_cache", {})  # ref_cache: (row, template) -> G ref rewards
     trackers = Trackers(cfg, run_name) if rank == 0 else None
@@ -944,8 +940,9 @@ def main(argv: list[str] | None = None) -> None:
         timing["time/reward"] = time.time() - t0
 
         # ---- advantages
-        adv = compute_advantages(res["reward"], cfg.estimator, ref_rewards, cfg.std_eps, cfg.aapo_std,
-                                 cfg.aapo_std_eps, cfg.aapo_delta_low, cfg.aapo_delta_high)  # (B, G) fmt: skip
+        adv = compute_advantages(res["reward"], cfg.estimator, ref_rewards=ref_rewards, std_eps=cfg.std_eps,
+                                 aapo_std=cfg.aapo_std, aapo_std_eps=cfg.aapo_std_eps, delta_low=cfg.aapo_delta_low,
+                                 delta_high=cfg.aapo_delta_high)  # (B, G) fmt: skip
         zero_var = res["reward"].std(dim=1) == 0  # (B,)
         keep = torch.ones(B, G)  # (B, G) sequences that enter the loss
         if cfg.dynamic_sampling:  # ALGO: DAPO dynamic sampling, without refilling (deviation 4)

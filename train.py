@@ -283,7 +283,8 @@ def pick_device(cfg: Config) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         if cfg.preset != "tiny":
             raise CannotRun("the paper recipe (Qwen2.5-Math-1.5B, 1,024 responses of <= 3,072 tokens a step) needs a "
-                            "CUDA GPU. On a CPU run the tiny preset: python train.py --preset tiny --aug --estimator aapo")
+                            "CUDA GPU. On a CPU run the tiny preset: "
+                            "python train.py --preset tiny --aug --estimator aapo")
         raise BadValue("--device cuda: no CUDA device is available")
     if cfg.engine == "vllm" and "vllm" not in sys.modules and importlib.util.find_spec("vllm") is None:
         raise CannotRun("--engine vllm needs vLLM: make gpu-setup (pip install -e '.[gpu]'), or --engine transformers")

@@ -2,9 +2,18 @@
 The vLLM rollout engine of the GPU path: the same interface as engine.TransformersEngine (generate, load_weights,
 sleep, wake_up; see engine.py), served by an in-process, colocated `vllm.LLM` that shares the GPU with the trainer.
 
-Supported vLLM: >= 0.10.2, < 0.34 (`pip install -e '.[gpu]'`). Every call below was read in the sources of 0.10.2,
-0.12.0, 0.18.0, 0.26.0 and 0.33.0; older releases lack pieces this file needs (processed log-probs, the buffers that
-sleep level 2 saves), newer ones have not been read. Outside the range the engine warns and carries on.
+Supported vLLM: >= 0.26, < 0.35 (`pip install -e '.[gpu]'`). Every call below was read in the sources of 0.26.0,
+0.33.0 and 0.34.0 (and of 0.10.2, 0.12.0 and 0.18.0, which also have them). The floor is the sampler: from 0.26
+vLLM's model runner V2 is the default for dense models (vllm/config/vllm.py VllmConfig.use_v2_model_runner: a
+generate model that is not MoE; 0.34 has no V1 runner left), which samples seeded requests in one batched kernel
+(each request's seed read inside the Gumbel-max kernel, vllm/v1/worker/gpu/sample/gumbel.py) and stores each
+request's logit bias once, when it joins (vllm/v1/worker/gpu/sample/logit_bias.py, <= 1,024 entries). Below it the
+V1 sampler loops over the seeded requests every decode step (vllm/v1/sample/ops/topk_topp_sampler.py: `for i,
+generator in generators.items()`, 1,024 launches a step at 128 x 8) and rebuilds the 271-entry padded-vocab bias of
+the whole batch whenever the batch changes (vllm/v1/sample/logits_processor/builtin.py
+LogitBiasLogitsProcessor.update_state). Newer releases have not been read; outside the range the engine warns and
+carries on. The PyPI wheels from 0.26.0 to 0.34.0 are CUDA 13 builds (their extensions link libcudart.so.13): they
+need an NVIDIA driver of the R580 series or newer.
 
 How it is wired, and why:
 - In-process. vLLM's V1 engine runs its core in a child process by default, so the trainer's CUDA tensors could not
@@ -84,8 +93,8 @@ import torch
 from mathrl import BadValue, CannotRun
 from mathrl.engine import Completion, _as_list, check_generate_args
 
-SUPPORTED_VLLM = ((0, 10, 2), (0, 34, 0))  # [lowest, first unsupported): the releases whose API was read (see above)
-SUPPORTED_VLLM_TEXT = "vllm>=0.10.2,<0.34"
+SUPPORTED_VLLM = ((0, 26, 0), (0, 35, 0))  # [lowest, first unsupported): the releases whose API was read (see above)
+SUPPORTED_VLLM_TEXT = "vllm>=0.26,<0.35"
 CPU_KV_CACHE_BYTES = 512 * 2**20  # KV cache of one engine on vLLM's CPU platform (the tiny model: ~250k tokens)
 _SLEEPERS = weakref.WeakSet()  # the live sleep-mode engine of this process on a GPU (vLLM allows one)
 SECOND_SLEEPER = (

@@ -2,20 +2,21 @@
 
 It has exactly the API surface the engine calls (LLM with generate / apply_model / sleep / wake_up /
 reset_prefix_cache, SamplingParams, TokensPrompt), accepts only argument names that exist in every supported vLLM
-release (0.10.2 .. 0.33), records every call in order (LLM.log) and enforces what real vLLM would do or break on: no
+release (0.26 .. 0.34), records every call in order (LLM.log) and enforces what real vLLM would do or break on: no
 generation while asleep, with random (dummy) or dropped (level 2) weights, or with a prefix cache filled under older
 weights; no weight writes while the weight memory is asleep; n = 1 when greedy. Pushed weights are cloned, so
 LLM.generations records the weights each generate() really used.
 
 vLLM's sleep-mode contract on a GPU, point by point (sources of the vllm wheels 0.10.2, 0.33.0 and 0.34.0):
 - One sleep-mode engine per process: vLLM's sleep allocator is the process-wide singleton CuMemAllocator, and
-  Worker._maybe_get_memory_pool_context asserts at weight loading that its pool is empty (vllm/v1/worker/gpu_worker.py,
-  0.10.2 line 142: "Sleep mode can only be used for one instance per process."; 0.33.0 line 414: "CuMem allocator can
-  only be used for one instance per process."). A second LLM(enable_sleep_mode=True) fails with 0.33.0's message
-  while an earlier one lives (the fake never frees an engine's pool memory: every earlier instance counts).
-  0.34.0 dropped the assertion (same function, lines 403-419) but keeps the one pool: its sleep suspends every
-  allocation in it (vllm/device_allocator/cumem.py CuMemAllocator.sleep), whichever engine asked; not modelled, the
-  engine refuses a second sleep-mode engine on every release.
+  Worker._maybe_get_memory_pool_context asserts at weight loading that its pool is empty
+  (vllm/v1/worker/gpu_worker.py, 0.10.2 line 142: "Sleep mode can only be used for one instance per process.";
+  0.26.0 line 268 and 0.33.0 line 414: "CuMem allocator can only be used for one instance per process."). A second
+  LLM(enable_sleep_mode=True) fails with 0.33.0's message while an earlier one lives (the fake never frees an
+  engine's pool memory: every earlier instance counts). 0.34.0 dropped the assertion (same function, lines
+  403-419) but keeps the one pool: its sleep suspends every allocation in it (vllm/device_allocator/cumem.py
+  CuMemAllocator.sleep), whichever engine asked; not modelled, the engine refuses a second sleep-mode engine on
+  every release.
 - Level 1 offloads the weights to CPU and discards the KV cache; level 2 discards both (0.10.2 Worker.sleep:
   allocator.sleep(offload_tags=("weights",) if level == 1 else tuple()); 0.33.0 and 0.34.0 keep the model's buffers and
   any --sleep-preserve-parameter-names, which the engine does not use). After a level-2 wake the weights are garbage
@@ -37,8 +38,8 @@ import torch
 
 from mathrl import engine_vllm
 
-# Argument names of LLM(...) and SamplingParams(...) the engine may use: each one exists in vLLM 0.10.2 and 0.33.0
-# (EngineArgs and SamplingParams fields, read in both wheels' sources).
+# Argument names of LLM(...) and SamplingParams(...) the engine may use: each one exists in vLLM 0.10.2, 0.26.0,
+# 0.33.0 and 0.34.0 (EngineArgs and SamplingParams fields, read in the wheels' sources).
 LLM_ARGS = {"tokenizer", "dtype", "seed", "gpu_memory_utilization", "max_model_len", "enable_prefix_caching",
             "enable_sleep_mode", "logprobs_mode", "generation_config", "load_format", "enforce_eager",
             "distributed_executor_backend"}  # fmt: skip  (its "external_launcher" read in 0.10.2 and 0.32.0)

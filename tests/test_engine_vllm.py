@@ -2,7 +2,7 @@
 
 On CPU (CI) the stand-in `vllm` module of tests/fake_vllm.py is put into sys.modules. It has exactly the API surface
 the engine calls (LLM with generate / apply_model / sleep / wake_up / reset_prefix_cache, SamplingParams,
-TokensPrompt), accepts only argument names that exist in every supported vLLM release (0.10.2 .. 0.33), records every
+TokensPrompt), accepts only argument names that exist in every supported vLLM release (0.26 .. 0.34), records every
 call in order and enforces what real vLLM would do or break on: no generation while asleep, with random (dummy) or
 dropped (level 2) weights, or with a prefix cache filled under older weights; no weight writes while the weight
 memory is asleep; n = 1 when greedy; one sleep-mode engine per process on a GPU (each point cited in fake_vllm.py).
@@ -448,15 +448,15 @@ def test_sharing_layers_are_the_later_owners_of_a_tied_tensor():
 def test_missing_vllm_names_the_fix(monkeypatch, world):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError, as when it is not installed
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
-    with pytest.raises(ImportError, match=r"vLLM \(vllm>=0\.10\.2,<0\.34\).*pip install -e '\.\[gpu\]'"):
+    with pytest.raises(ImportError, match=r"vLLM \(vllm>=0\.26,<0\.35\).*pip install -e '\.\[gpu\]'"):
         VLLMEngine(world.path)
 
 
 def test_version_range(fake_vllm, world):
     assert version_tuple("0.10.2") == (0, 10, 2) and version_tuple("0.11.0rc2+cu128") == (0, 11, 0)
     assert version_tuple("1.2") == (1, 2, 0) and version_tuple("dev") == (0, 0, 0)
-    fake_vllm.__version__ = "0.9.2"
-    with pytest.warns(UserWarning, match=r"0\.9\.2 is outside the supported range"):
+    fake_vllm.__version__ = "0.25.1"  # below the floor: the V1 sampler's per-request loop (engine_vllm docstring)
+    with pytest.warns(UserWarning, match=r"0\.25\.1 is outside the supported range"):
         VLLMEngine(world.path)
 
 

@@ -157,7 +157,8 @@ def test_paper_run_without_cuda_stops_at_once_with_the_tiny_command(monkeypatch)
     """On a machine without CUDA the mission command says so before any download, and how to run the tiny preset."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(train, "load_model_and_tokenizer", lambda *a: pytest.fail("got past the device check"))
-    with pytest.raises(train.CannotRun, match=r"needs a CUDA GPU.*python train.py --preset tiny --aug --estimator aapo"):
+    tiny_command = r"needs a CUDA GPU.*python train.py --preset tiny --aug --estimator aapo"
+    with pytest.raises(train.CannotRun, match=tiny_command):
         train.main(["--aug", "--estimator", "aapo", "--out", "unused"])
     with pytest.raises(train.BadValue, match="--device cuda: no CUDA device"):
         train.pick_device(train.parse_config(["--preset", "tiny", "--device", "cuda"]))

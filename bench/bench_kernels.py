@@ -44,7 +44,7 @@ CHECKS = []  # kernel vs eager agreement lines, printed under the table
 
 
 def eager(logits, targets, temperature, vocab_limit=None):
-    """The eager reference of BENCHMARKS.md: fp32 log-softmax, gather, entropy = -sum p log p (padded ids sliced off)."""
+    """BENCHMARKS.md's eager reference: fp32 log-softmax, gather, entropy = -sum p log p (padded ids sliced off)."""
     logp_all = torch.log_softmax(logits[:, :vocab_limit].float() / temperature, dim=-1)  # (N, V') fp32
     logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
     return logp, -(logp_all.exp() * logp_all).sum(-1)

@@ -112,7 +112,7 @@ def main(argv=None):
         f"sleep level {args.sleep_level}{' (no sleep mode on CPU: phases only marked)' if engine.on_cpu else ''}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `python bench/bench_vllm_phases.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-        f"- batch: {args.prompts} prompts x {args.n} samples, prompt {args.prompt_len} + up to {args.new_tokens} tokens;"
+        f"- batch: {args.prompts} prompts x {args.n} samples, {args.prompt_len} + up to {args.new_tokens} tokens;"
         f" median of {args.rounds} rounds after one warm-up round",
     ]  # fmt: skip
     table = ["| phase | seconds (median) | note |", "|---|---:|---|"]

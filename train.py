@@ -888,8 +888,8 @@ def setup_model(cfg: Config, device: torch.device, resume_from: tuple[int, Path]
     engine, ref_engine = make_engine(cfg, model, tokenizer), None
     if cfg.estimator == "aapo" and cfg.engine == "transformers":  # HF generate on the frozen fp32 copy (6.2 GB at 1.5B)
         ref_engine = make_engine(cfg, ref_model, tokenizer)
-    elif cfg.estimator == "aapo":  # vllm: the initial weights (host, engine dtype) pushed into the policy's engine, as
-        from mathrl.engine_vllm import ReferencePolicy, frozen_weights  # vLLM allows one sleep-mode engine per process
+    elif cfg.estimator == "aapo":  # vllm: the initial weights (host memory, engine dtype) sampled on the policy's own
+        from mathrl.engine_vllm import ReferencePolicy, frozen_weights  # engine: one sleep-mode engine per process
 
         ref_engine = ReferencePolicy(engine, frozen_weights(model, torch.bfloat16 if cfg.bf16 else torch.float32), model)
     if resume_from:

@@ -475,11 +475,11 @@ def frozen_weights(model, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A frozen host copy of `model`'s weights in `dtype` (the engine's: bf16 on a GPU, 3.1 GB at 1.5B), page-locked
     where CUDA exists so that each push is a fast host-to-device copy. {Hugging Face name: tensor}, as named_weights."""
     pin = torch.cuda.is_available()
-    copy = {}
+    frozen = {}
     for name, tensor in named_weights(model):
         host = torch.empty(tensor.shape, dtype=dtype, pin_memory=pin)  # a fresh tensor: never the trainer's storage
-        copy[name] = host.copy_(tensor)
-    return copy
+        frozen[name] = host.copy_(tensor)
+    return frozen
 
 
 class ReferencePolicy:

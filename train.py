@@ -5,14 +5,14 @@ Each step samples G responses for each of B prompts, rewards them with a verifie
 score), turns the rewards into group-relative advantages and takes a few clipped policy-gradient steps.
 
     # the paper recipe ("DAPO w/ prompt aug" of arXiv:2602.03190v1 on Qwen2.5-Math-1.5B), one 80 GB GPU, vLLM rollouts
-    python train.py --preset 1.5b --aug --out runs/aug
-    python train.py --preset 1.5b --aug --estimator aapo --out runs/aapo-aug   # AAPO advantages (arXiv:2505.14264v2)
-    python train.py --preset 1.5b --estimator drgrpo --out runs/drgrpo         # Dr. GRPO (arXiv:2503.20783v1)
+    python train.py --aug --out runs/aug
+    python train.py --aug --estimator aapo --out runs/aapo-aug   # AAPO advantages (arXiv:2505.14264v2)
+    python train.py --estimator drgrpo --out runs/drgrpo         # Dr. GRPO (arXiv:2503.20783v1)
     # a tiny model on a generated arithmetic task: RL visibly learns in a few minutes on a laptop CPU
     python train.py --preset tiny --aug --estimator aapo --out runs/tiny
     python plot.py runs/tiny --out runs/tiny/curves.png
     torchrun --nproc_per_node 2 train.py --preset tiny --out runs/tiny-ddp   # data parallel (DDP): 2 ranks, one batch
-    torchrun --nproc_per_node 8 train.py --preset 1.5b --aug --gpu-memory-utilization 0.3 --out runs/aug-8gpu  # 8 GPUs
+    torchrun --nproc_per_node 8 train.py --aug --gpu-memory-utilization 0.3 --out runs/aug-8gpu  # 8 GPUs
     # continue a killed run exactly where its last checkpoint left it
     python train.py --preset tiny --aug --estimator aapo --out runs/tiny --resume
 
@@ -20,10 +20,10 @@ Flags: `python train.py --help` (one per Config field). Outputs in --out (output
 samples.jsonl, config.json, checkpoint-<step>/ (HF model + trainer_state.pt: optimizer, step, RNG states, AAPO cache).
 
 Deviations from the papers:
- 1) --engine vllm (--preset 1.5b) samples with vLLM in the trainer's process (each rank's, under torchrun), colocated
-    with it (engine_vllm.py); the default --engine transformers (CPU) uses Hugging Face `generate` on the training
-    module itself (engine.py). Both sample the same distribution (temperature 1, top_p 1, stop at EOS, padded vocab
-    ids masked).
+ 1) --engine vllm (the paper preset) samples with vLLM in the trainer's process (each rank's, under torchrun), colocated
+    with it (engine_vllm.py; AAPO's reference on the same engine); --engine transformers (the tiny preset) uses Hugging
+    Face `generate` on the training module itself (engine.py). Both sample the same distribution (temperature 1,
+    top_p 1, stop at EOS, padded vocab ids masked).
  2) One process on one GPU (memory plan at GPU_PRESET), or torchrun data parallel (DDP, docs/multi-gpu.md); the paper
     ran verl (FSDP) on 8 GPUs. The batch arithmetic (128 x 8, 4 mini-batches of 32 prompts, token-mean over each
     mini-batch) is the same for any number of ranks.
@@ -42,12 +42,14 @@ Deviations from the papers:
 import argparse
 import contextlib
 import copy
+import importlib.util
 import inspect
 import json
 import math
 import os
 import random
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -75,7 +77,7 @@ from mathrl.templates import (DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE
 class Config:
     # run
     out: str = "runs/default"  # output folder: metrics.jsonl, samples.jsonl, config.json, checkpoint-<step>/
-    preset: str = ""  # "" = the paper recipe | tiny = tiny CPU world (tiny.py) | 1.5b = the paper run, one GPU
+    preset: str = "paper"  # paper = the papers' recipe on one GPU (GPU_PRESET; old name 1.5b) | tiny = CPU (tiny.py)
     seed: int = 42  # seed of data order, template draws, sampling and init (--preset tiny: also its warm start)
     resume: bool = False  # continue from the latest checkpoint in --out (exactly: same metrics on CPU)
     overwrite: bool = False  # start over in an --out that already holds a run
@@ -109,8 +111,7 @@ class Config:
     gen_batch_size: int = 256  # sequences per generate() call of the transformers engine
     # vllm engine (engine_vllm.py; memory plan at GPU_PRESET)
     gpu_memory_utilization: float = 0.45  # share of the GPU's memory the policy engine holds while awake
-    ref_gpu_memory_utilization: float = 0.2  # share of AAPO's reference engine (--estimator aapo, fresh or cache)
-    vllm_sleep_level: int = 1  # while training: 1 = engine weights parked in CPU RAM | 2 = dropped, re-pushed on wake
+    vllm_sleep_level: int = 2  # while training: 2 = engine weights dropped, re-pushed on wake | 1 = parked in CPU RAM
     max_model_len: int = 0  # engine context; 0 = max(max_prompt_tokens + max_new_tokens, eval_context)
     # advantage
     estimator: str = "grpo"  # grpo (arXiv:2402.03300v3) | drgrpo (arXiv:2503.20783v1) | aapo (arXiv:2505.14264v2)
@@ -181,11 +182,11 @@ TINY_PRESET = dict(
 # points between evaluations late in a run (AAPO with --aug, seed 1: 82.3, 71.4, 83.1, 76.1 at steps 70-100), with
 # the cosine it rose to a plateau (85.8, 87.8, 88.3, 88.6 at steps 60-90, same seed and warm start).
 
-# --preset 1.5b: the paper's run on one 80 GB GPU. Memory plan (docs/gpu.md; estimates, unmeasured): rollouts 70.5 GB
-# (trainer 18.5 + policy engine 0.45 x 80 + AAPO's reference engine 0.2 x 80), training ~28 GB + one micro-batch of
-# <= 32,768 tokens while the engines sleep; logp_from_hidden never builds the 20 GB fp32 T x V logits.
+# The paper preset (the default; old name 1.5b): one 80 GB GPU. Memory plan (docs/gpu.md; estimates, unmeasured), of
+# 79.1 GiB: rollouts 73 GiB (trainer 17.2 GiB fp32 weights + AdamW, policy engine 0.7 x 79.1 = 55.4 GiB: ~1.8M tokens
+# of KV cache, also AAPO's reference's, ReferencePolicy); training ~39 GiB while the engine sleeps (level 2).
 GPU_PRESET = dict(engine="vllm", device="cuda", bf16=True, grad_ckpt=True, logp_from_hidden=True,
-                  micro_batch_tokens=32768, gpu_memory_utilization=0.45, ref_gpu_memory_utilization=0.2)  # fmt: skip
+                  micro_batch_tokens=32768, gpu_memory_utilization=0.7)  # fmt: skip
 
 
 def field_help() -> dict[str, str]:
@@ -205,9 +206,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
         else:
             parser.add_argument(flag, type=f.type, default=argparse.SUPPRESS, help=text, metavar=f.type.__name__.upper())
     given = vars(parser.parse_args(argv))
-    presets, cfg = {"": {}, "tiny": TINY_PRESET, "1.5b": GPU_PRESET}, Config(preset=given.get("preset", ""))
+    presets, cfg = {"paper": GPU_PRESET, "1.5b": GPU_PRESET, "tiny": TINY_PRESET}, Config(**given)
     if cfg.preset not in presets:
-        raise BadValue(f"--preset {cfg.preset!r}: expected tiny or 1.5b (or no preset for the paper recipe)")
+        raise BadValue(f"--preset {cfg.preset!r}: expected tiny or paper (the default; 1.5b is its old name)")
     return check_config(replace(cfg, **{**presets[cfg.preset], **given}))
 
 
@@ -237,8 +238,6 @@ def check_config(cfg: Config) -> Config:
         raise BadValue("--tis-cap and --micro-batch-tokens must be >= 0 (0 = off)")
     if cfg.engine == "vllm":
         model_len(cfg)  # raises when --max-model-len is too short
-    if cfg.engine == "vllm" and cfg.estimator == "aapo" and cfg.vllm_sleep_level != 1:
-        raise BadValue("--vllm-sleep-level 2 drops every engine's weights: AAPO's reference engine needs level 1")
     if cfg.preset != "tiny" and not (cfg.model and cfg.train_data):
         raise BadValue("--model and --train-data must not be empty")
     if cfg.temperature <= 0:
@@ -280,11 +279,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+def pick_device(cfg: Config) -> torch.device:
+    """SETUP: --device (auto: CUDA if any). Stops before any download without CUDA (paper preset) or vLLM (vllm)."""
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     if name == "cuda" and not torch.cuda.is_available():
+        if cfg.preset != "tiny":
+            raise CannotRun("the paper recipe (Qwen2.5-Math-1.5B, 1,024 responses of <= 3,072 tokens a step) needs a CUDA "
+                            "GPU. On a CPU run the tiny preset: python train.py --preset tiny --aug --estimator aapo")
         raise BadValue("--device cuda: no CUDA device is available")
+    if cfg.engine == "vllm" and "vllm" not in sys.modules and importlib.util.find_spec("vllm") is None:
+        raise CannotRun("--engine vllm needs vLLM: make gpu-setup (pip install -e '.[gpu]'), or --engine transformers")
     return torch.device(name)
 
 
@@ -374,16 +378,13 @@ def vocab_limit(model, tokenizer) -> int | None:
 # Rollouts
 
 
-def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
-    """The rollout engine (engine.py interface) of the policy `model`, or with reference=True AAPO's reference engine.
+def make_engine(cfg: Config, model, tokenizer):
+    """The rollout engine (engine.py interface) of the policy `model`.
 
-    transformers: HF generate on `model` itself (the reference: a frozen fp32 copy, 6.2 GB at 1.5B). vllm: an
-    in-process vllm.LLM with its own GPU share, asleep while training. The policy engine loads "dummy" weights and gets
-    the trainer's pushed at once (no disk read, the resumed weights on --resume, the per-step push used from step 0).
-    The reference engine reads --model from disk, never gets a push, and holds --ref-gpu-memory-utilization awake
-    (3.1 GB of CPU RAM asleep) all run, for --aapo-ref fresh and cache alike (cache only samples pairs never drawn).
-    Under torchrun each rank builds its own engines in torchrun's process group (external_launcher); vLLM's seed is
-    --seed on every rank (it re-seeds the process RNGs, which must stay alike), the rank is in the request seeds."""
+    transformers: HF generate on `model` itself. vllm: an in-process vllm.LLM with --gpu-memory-utilization of the GPU,
+    asleep while training, loading "dummy" weights and getting the trainer's pushed at once (no disk read, the resumed
+    weights on --resume, the per-step push from step 0). Under torchrun each rank builds its own in torchrun's group
+    (external_launcher); vLLM's seed is --seed on every rank (it re-seeds the process RNGs), the rank is in the requests'."""
     if cfg.engine == "transformers":
         from mathrl.engine import TransformersEngine
 
@@ -392,12 +393,10 @@ def make_engine(cfg: Config, model, tokenizer, reference: bool = False):
 
     engine = VLLMEngine(
         cfg.model, tokenizer, dtype="bfloat16" if cfg.bf16 else "float32", seed=cfg.seed, max_model_len=model_len(cfg),
-        gpu_memory_utilization=cfg.ref_gpu_memory_utilization if reference else cfg.gpu_memory_utilization,
-        vocab_limit=vocab_limit(model, tokenizer), sleep_level=1 if reference else cfg.vllm_sleep_level,
-        load_format="auto" if reference else "dummy", external_launcher=world_size() > 1,
+        gpu_memory_utilization=cfg.gpu_memory_utilization, vocab_limit=vocab_limit(model, tokenizer),
+        sleep_level=cfg.vllm_sleep_level, load_format="dummy", external_launcher=world_size() > 1,
     )  # fmt: skip
-    if not reference:
-        engine.load_weights(model)  # SETUP: awake, so pushed now (and the prefix cache reset)
+    engine.load_weights(model)  # SETUP: awake, so pushed now (and the prefix cache reset)
     return engine
 
 
@@ -446,12 +445,13 @@ def step_rewards(cfg: Config, comps, ref_comps, ref_rows, golds, keys, ref_cache
     res, ref_res = {k: v[:B] for k, v in res.items()}, {k: v[B:] for k, v in res.items()}
     if cfg.estimator != "aapo":
         return res, None, {}
-    # every rank gets every rank's new reference rewards: one cache, as one process
+    if cfg.aapo_ref == "fresh":  # the paper: r_i^ref from this step's i-th reference sample of the same prompt
+        return res, ref_res["reward"], {"aapo/ref_samples": cfg.prompts_per_step * cfg.group_size, "aapo/cache_size": 0}
+    # --aapo-ref cache (this project's): the rewards of the first reference samples of each (row, template), kept all
+    # run; every rank gets every rank's new ones, so the cache is the one-process cache
     new_refs = all_items([(keys[b], ref_res["reward"][j].tolist()) for j, b in enumerate(ref_rows)])
     ref_cache.update(new_refs)
     ref_rewards = torch.tensor([ref_cache[key] for key in keys], dtype=torch.float64)  # (B, G)
-    if cfg.aapo_ref == "fresh":
-        ref_cache.clear()  # fresh samples each step: nothing is kept
     return res, ref_rewards, {"aapo/ref_samples": len(new_refs) * cfg.group_size, "aapo/cache_size": len(ref_cache)}
 
 
@@ -881,19 +881,22 @@ def setup_run(cfg: Config, rank: int, world: int):
 
 def setup_model(cfg: Config, device: torch.device, resume_from: tuple[int, Path] | None):
     """SETUP: (model, ref_model, tokenizer, engine, ref_engine, optimizer). The policy's initial weights are also
-    AAPO's frozen reference (vllm: read from disk) and the KL's; on --resume the policy gets the checkpoint's."""
+    AAPO's frozen reference and the KL's; on --resume the policy gets the checkpoint's after they are copied."""
     model, tokenizer = load_model_and_tokenizer(cfg, device)
     need_ref = (cfg.estimator == "aapo" and cfg.engine == "transformers") or cfg.kl_coef > 0
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if need_ref else None  # frozen, before any resume
+    engine, ref_engine = make_engine(cfg, model, tokenizer), None
+    if cfg.estimator == "aapo" and cfg.engine == "transformers":  # HF generate on the frozen fp32 copy (6.2 GB at 1.5B)
+        ref_engine = make_engine(cfg, ref_model, tokenizer)
+    elif cfg.estimator == "aapo":  # vllm: the initial weights (host memory, engine dtype) sampled on the policy's own
+        from mathrl.engine_vllm import ReferencePolicy, frozen_weights  # engine: one sleep-mode engine per process
+
+        ref_engine = ReferencePolicy(engine, frozen_weights(model, torch.bfloat16 if cfg.bf16 else torch.float32), model)
     if resume_from:
         from transformers import AutoModelForCausalLM
 
-        state = AutoModelForCausalLM.from_pretrained(resume_from[1], dtype=torch.float32).state_dict()
-        model.load_state_dict(state)
-    engine = make_engine(cfg, model, tokenizer)  # vLLM: every engine is built before the first sleep
-    ref_engine = None
-    if cfg.estimator == "aapo":  # vllm: the policy only lends its config (the reference engine reads --model)
-        ref_engine = make_engine(cfg, model if ref_model is None else ref_model, tokenizer, reference=True)
+        model.load_state_dict(AutoModelForCausalLM.from_pretrained(resume_from[1], dtype=torch.float32).state_dict())
+        engine.load_weights(model)  # no-op for transformers; vllm: the resumed weights, pushed now
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     return model, ref_model, tokenizer, engine, ref_engine, optimizer
@@ -901,7 +904,7 @@ def setup_model(cfg: Config, device: torch.device, resume_from: tuple[int, Path]
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(argv)
-    rank, world, device = init_distributed(pick_device(cfg.device))  # (0, 1, the device) without torchrun
+    rank, world, device = init_distributed(pick_device(cfg))  # (0, 1, the device) without torchrun
     cfg, out, resume_from, names, run_name = setup_run(cfg, rank, world)
     seed_everything(cfg.seed)
     model, ref_model, tokenizer, engine, ref_engine, optimizer = setup_model(cfg, device, resume_from)
@@ -955,7 +958,7 @@ def main(argv: list[str] | None = None) -> None:
 
         # ---- old log-probs (and reference log-probs for the KL): needed when the rollout batch gets several updates
         t0 = time.time()
-        engine.sleep()  # vLLM frees its GPU memory (AAPO's reference engine sleeps with it); no-op for transformers
+        engine.sleep()  # vLLM frees its GPU memory; no-op for transformers
         if n_updates > 1 or cfg.kl_coef > 0:  # else the training forward's own, detached (deviation 3)
             old_logprobs(cfg, model, ref_model, batch, limit)
         timing["time/logprobs"] = time.time() - t0
@@ -967,7 +970,7 @@ def main(argv: list[str] | None = None) -> None:
         model.eval()
         optimizer.zero_grad(set_to_none=True)  # free the gradients (6.2 GB at 1.5B) before vLLM wakes
         engine.load_weights(model)  # no-op for transformers; vLLM, asleep: recorded, pushed by wake_up
-        engine.wake_up()  # vLLM: weights, push, KV cache, prefix caches reset (of the reference engine too)
+        engine.wake_up()  # vLLM: weights, push, KV cache, prefix cache reset
         timing["time/train"] = time.time() - t0
 
         # ---- metrics (over all ranks), eval, logging, samples, checkpoint
@@ -983,8 +986,7 @@ def main(argv: list[str] | None = None) -> None:
             dump_samples(out / "samples.jsonl", done, rows, idx, tmpl, comps, golds, res, adv, cfg.num_samples)
         if (cfg.save_every > 0 and done % cfg.save_every == 0) or done == total_steps:
             if rank == 0:  # weights, AdamW state and AAPO cache (merged every step) are the same on every rank
-                extra = {"ref_cache": ref_cache}
-                path = save_checkpoint(out, done, model, tokenizer, optimizer, extra, cfg.keep_checkpoints)
+                path = save_checkpoint(out, done, model, tokenizer, optimizer, {"ref_cache": ref_cache}, cfg.keep_checkpoints)
                 print0(f"saved {path}")
             barrier()  # the others wait for it
     print0(f"done: {total_steps} steps in {out}")

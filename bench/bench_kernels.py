@@ -6,7 +6,9 @@ Compares, in one process on the same inputs, each after warm-up, the median of -
   triton    kernels.logprob_entropy (one streaming pass per row) / logprob_entropy_from_hidden (chunked LM head)
   liger     Liger-Kernel's closest op when importable: cross-entropy with reduction="none" (log-prob only, no
             entropy; T applied by dividing the logits first), fused linear cross-entropy for the hidden path
-for the forward and the forward + backward (loss = sum(logp) + sum(entropy)). Columns: time, effective
+for the forward and the forward + backward (loss = sum(logp) + sum(entropy)), on what the trainer feeds them:
+bf16 logits with the padded vocabulary masked (--vocab-limit, Qwen2.5: 151,665 ids of 151,936 rows), and for the
+hidden path fp32 hidden states and an fp32 LM head (fp32 master weights) under bf16 autocast. Columns: time, effective
 bandwidth (logits bytes read, plus read and written again in backward, / time) as a fraction of the measured
 device-to-device copy bandwidth, and peak extra memory (max_memory_allocated minus the inputs).
 
@@ -41,25 +43,26 @@ DEVICE = "cuda" if CUDA else "cpu"
 CHECKS = []  # kernel vs eager agreement lines, printed under the table
 
 
-def eager(logits, targets, temperature):
-    """The eager reference of BENCHMARKS.md: fp32 log-softmax, gather, entropy = -sum p log p."""
-    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)  # (N, V) fp32
+def eager(logits, targets, temperature, vocab_limit=None):
+    """BENCHMARKS.md's eager reference: fp32 log-softmax, gather, entropy = -sum p log p (padded ids sliced off)."""
+    logp_all = torch.log_softmax(logits[:, :vocab_limit].float() / temperature, dim=-1)  # (N, V') fp32
     logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
     return logp, -(logp_all.exp() * logp_all).sum(-1)
 
 
-def eager_hidden(hidden, weight, targets, temperature):
-    return eager(hidden @ weight.T, targets, temperature)  # (N, V) logits materialised whole
+def eager_hidden(hidden, weight, targets, temperature, vocab_limit=None):
+    return eager(hidden @ weight.T, targets, temperature, vocab_limit)  # (N, V) logits materialised whole
 
 
-def methods(path, compile_ok):
+def methods(path, compile_ok, vocab_limit=None):
     """name -> fn(inputs, targets, T) -> (logp, entropy or None); inputs = (logits,) or (hidden, weight)."""
     ref = eager if path == "logits" else eager_hidden
     ours = logprob_entropy if path == "logits" else logprob_entropy_from_hidden
-    out = {"eager": lambda x, y, t: ref(*x, y, t), "triton": lambda x, y, t: ours(*x, y, t, use_triton=True)}
+    out = {"eager": lambda x, y, t: ref(*x, y, t, vocab_limit),
+           "triton": lambda x, y, t: ours(*x, y, t, vocab_limit=vocab_limit, use_triton=True)}  # fmt: skip
     if compile_ok:
         compiled = torch.compile(ref, dynamic=False)
-        out["compiled"] = lambda x, y, t: compiled(*x, y, t)
+        out["compiled"] = lambda x, y, t: compiled(*x, y, t, vocab_limit)
     try:  # optional column; Liger returns the loss -log p_y per token, so the sign is flipped
         from liger_kernel.transformers.functional import liger_cross_entropy, liger_fused_linear_cross_entropy
     except ImportError:
@@ -124,11 +127,13 @@ def copy_bandwidth_gbs():
     return 2 * src.numel() / ms / 1e6
 
 
-def make_step(fn, inputs, targets, temperature, backward):
-    """One call; with backward, also loss.backward() and drop the gradients again."""
+def make_step(fn, inputs, targets, temperature, backward, autocast=False):
+    """One call (autocast: under bf16 autocast, as the trainer's forward); with backward, also loss.backward() and
+    drop the gradients again."""
 
     def step():
-        logp, entropy = fn(inputs, targets, temperature)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            logp, entropy = fn(inputs, targets, temperature)
         if backward:
             loss = logp.sum() + (entropy.sum() if entropy is not None else 0.0)
             loss.backward()
@@ -138,18 +143,20 @@ def make_step(fn, inputs, targets, temperature, backward):
     return step
 
 
-def bench_case(path, n, vocab, hidden_size, temperature, dtype, args, bw_gbs):
-    """Rows (one per method) for one shape: forward and forward + backward time, bandwidth fraction, memory."""
+def bench_case(path, n, vocab, hidden_size, temperature, args, bw_gbs):
+    """Rows (one per method) for one shape: forward and forward + backward time, bandwidth fraction, memory.
+    logits: bf16 (N, V), as the LM head returns them under autocast; hidden: fp32 (N, H) hidden states and (V, H)
+    head, as the trainer's fp32 master weights hand them over, under bf16 autocast."""
     gen = torch.Generator(device=DEVICE).manual_seed(0)
-    targets = torch.randint(0, vocab, (n,), device=DEVICE, generator=gen)
+    targets = torch.randint(0, args.vocab_limit, (n,), device=DEVICE, generator=gen)
     if path == "logits":
-        base = torch.randn(n, vocab, device=DEVICE, dtype=dtype, generator=gen) * 2  # (N, V)
+        base = torch.randn(n, vocab, device=DEVICE, dtype=torch.bfloat16, generator=gen) * 2  # (N, V)
         logits_bytes = base.numel() * base.element_size()
     else:
-        hidden = torch.randn(n, hidden_size, device=DEVICE, dtype=dtype, generator=gen)  # (N, H)
-        weight = torch.randn(vocab, hidden_size, device=DEVICE, dtype=dtype, generator=gen) / hidden_size**0.5
+        hidden = torch.randn(n, hidden_size, device=DEVICE, generator=gen)  # (N, H) fp32
+        weight = torch.randn(vocab, hidden_size, device=DEVICE, generator=gen) / hidden_size**0.5  # (V, H) fp32
         logits_bytes = None  # a matmul-bound path: no bandwidth column
-    fns = methods(path, not args.no_compile)
+    fns = methods(path, not args.no_compile, args.vocab_limit)
     if path == "logits":  # the first runs on real hardware: check the kernel against eager on 1024 rows
         few = ((base[:1024],), targets[:1024], temperature)
         with torch.no_grad():
@@ -168,7 +175,7 @@ def bench_case(path, n, vocab, hidden_size, temperature, dtype, args, bw_gbs):
                 inputs = (base.clone().requires_grad_(backward),)
             else:
                 inputs = (hidden.clone().requires_grad_(backward), weight.clone().requires_grad_(backward))
-            step = make_step(fn, inputs, targets, temperature, backward)
+            step = make_step(fn, inputs, targets, temperature, backward, autocast=path != "logits")
             try:
                 ms = median_ms(step, args.reps, args.warmup)
                 row[f"{mode} ms"] = ms
@@ -206,7 +213,7 @@ def format_row(r):
     return "| " + " | ".join(cells) + " |"
 
 
-def environment_lines(bw_gbs):
+def environment_lines(bw_gbs, args):
     import triton
 
     if CUDA:
@@ -225,6 +232,7 @@ def environment_lines(bw_gbs):
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `python {' '.join(sys.argv)}`",
         f"- measured copy bandwidth: {fmt(bw_gbs, '.0f')} GB/s; kernel BLOCK_V={le.BLOCK_V}, num_warps={le.NUM_WARPS}",
+        f"- vocabulary: {args.vocab} rows, vocab_limit {args.vocab_limit} (ids above it are padding, masked)",
     ]
 
 
@@ -246,8 +254,8 @@ def sweep(args):
     """Forward and forward+backward time of the kernel over block sizes and warp counts (GPU)."""
     n, vocab = 8192, args.vocab
     logits = torch.randn(n, vocab, device=DEVICE, dtype=torch.bfloat16).requires_grad_()
-    targets = torch.randint(0, vocab, (n,), device=DEVICE)
-    fn = methods("logits", False)["triton"]
+    targets = torch.randint(0, args.vocab_limit, (n,), device=DEVICE)
+    fn = methods("logits", False, args.vocab_limit)["triton"]
     print("| BLOCK_V | num_warps | fwd ms | fwd+bwd ms |\n|---|---|---|---|")
     for block in (1024, 2048, 4096, 8192, 16384):
         for warps in (4, 8, 16, 32):
@@ -262,6 +270,7 @@ def main():
     parser.add_argument("--n", type=int, nargs="+", help="tokens for the logits path (GPU default 4096 8192 32768)")
     parser.add_argument("--hidden-n", type=int, nargs="+", help="tokens for the hidden path (GPU default 8192 32768)")
     parser.add_argument("--vocab", type=int, help="vocabulary rows (GPU default 151936, Qwen2.5)")
+    parser.add_argument("--vocab-limit", type=int, help="valid ids, the rest padding (GPU default 151665, Qwen2.5)")
     parser.add_argument("--hidden-size", type=int, default=1536, help="H of the hidden path (Qwen2.5-1.5B: 1536)")
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7])
     parser.add_argument("--reps", type=int, help="timed calls per measurement (GPU default 20)")
@@ -275,7 +284,8 @@ def main():
     # CPU defaults stay small: the interpreter executes the kernel in numpy, one program at a time
     args.n = args.n or ([4096, 8192, 32768] if CUDA else [8])
     args.hidden_n = args.hidden_n or ([8192, 32768] if CUDA else [8])
-    args.vocab = args.vocab or (151936 if CUDA else 32003)
+    args.vocab = args.vocab or (151936 if CUDA else 32008)
+    args.vocab_limit = args.vocab_limit or (151665 if args.vocab == 151936 else args.vocab - 3)  # odd, as Qwen's
     args.reps = args.reps or (20 if CUDA else 3)
     if not CUDA:
         args.hidden_size = min(args.hidden_size, 64)
@@ -284,21 +294,21 @@ def main():
     if args.sweep:
         return sweep(args) if CUDA else parser.error("--sweep times the compiled kernel: it needs a CUDA device")
     bw_gbs = copy_bandwidth_gbs()
-    env = environment_lines(bw_gbs)
+    env = environment_lines(bw_gbs, args)
     print("\n".join(env) + "\n\n" + HEADER, flush=True)
-    dtype = torch.bfloat16
     rows = []
     for temperature in args.temperatures:
         for n in args.n:
-            rows += bench_case("logits", n, args.vocab, None, temperature, dtype, args, bw_gbs)
+            rows += bench_case("logits", n, args.vocab, None, temperature, args, bw_gbs)
     for n in args.hidden_n:
-        rows += bench_case(f"hidden H={args.hidden_size}", n, args.vocab, args.hidden_size, 1.0, dtype, args, bw_gbs)
+        rows += bench_case(f"hidden H={args.hidden_size}", n, args.vocab, args.hidden_size, 1.0, args, bw_gbs)
     goals = goal_lines(rows, bw_gbs, args.vocab) + CHECKS
     print("\n" + "\n".join(goals))
     if args.out:
         table = "\n".join([HEADER] + [format_row(r) for r in rows])
         with open(args.out, "a") as f:
-            f.write(f"\n## Log-prob + entropy kernel, V = {args.vocab}, bf16\n\n" + "\n".join(env))
+            title = f"V = {args.vocab} ({args.vocab_limit} valid), bf16 logits; hidden path fp32 under bf16 autocast"
+            f.write(f"\n## Log-prob + entropy kernel, {title}\n\n" + "\n".join(env))
             f.write(f"\n\n{table}\n\n" + "\n".join(goals) + "\n")
 
 

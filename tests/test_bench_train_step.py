@@ -107,3 +107,38 @@ def test_main_tiny_cpu(tmp_path, capsys, extra):
     assert json.loads(out.read_text().splitlines()[-1]) == json.loads(json.dumps(r))
     printed = capsys.readouterr().out
     assert "| 4 x 2 = 8 | 4 / 2 | 6 + 10 |" in printed and r["command"] in printed
+
+
+def test_builtin_qwen_config_is_the_shared_one():
+    """--model-config qwen2.5-math-1.5b (built in code, for a GPU machine without shared/) equals the model that
+    shared/qwen2.5-math-1.5b-tokenizer/config.json describes: same parameters and shapes, same rope, norm and ids; its
+    stand-in tokenizer has the real tokenizer's length and pad / EOS ids."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = shared_path("qwen2.5-math-1.5b-tokenizer")
+    args = bts.parse_args(["--model-config", bts.BUILTIN, "--device", "cpu"])
+    with torch.device("meta"):
+        built, built_tok = bts.build_model(args, torch.device("meta"))
+        real = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.float32)
+    real_tok = AutoTokenizer.from_pretrained(folder)
+    shapes = lambda m: {n: tuple(p.shape) for n, p in m.named_parameters()}  # noqa: E731
+    assert shapes(built) == shapes(real) and len(shapes(built)) == 28 * 12 + 2
+    for key in ("rope_parameters", "rope_theta", "rms_norm_eps", "hidden_act", "tie_word_embeddings",
+                "max_position_embeddings", "sliding_window", "use_sliding_window", "bos_token_id", "eos_token_id"):  # fmt: skip
+        assert getattr(built.config, key, None) == getattr(real.config, key, None), key
+    assert len(built_tok) == len(real_tok) == 151_665
+    assert built_tok.eos_token_id == real_tok.eos_token_id and built_tok.pad_token_id == real_tok.pad_token_id
+
+
+def test_builtin_config_runs_without_tokenizer_files(monkeypatch, tmp_path):
+    """The --model-config qwen2.5-math-1.5b route end to end (training phases and a generate through the ids-only
+    tokenizer), shrunk to the tiny shape so that it runs on a CPU: no file is read, every sequence has its length."""
+    monkeypatch.setattr(bts, "QWEN_MATH_1P5B", dict(bts.TINY_MODEL, eos_token_id=511, bos_token_id=511))
+    monkeypatch.setattr(bts, "QWEN_TOKEN_IDS", 500)  # 12 padded LM-head rows, as Qwen's 271
+    monkeypatch.chdir(tmp_path)  # nothing to find here
+    r = bts.main(["--model-config", bts.BUILTIN, "--device", "cpu", "--prompts", "2", "--group-size", "2",
+                  "--mini-batch-prompts", "1", "--micro-batch-size", "2", "--prompt-len", "5", "--response-len", "7",
+                  "--gen-prompts", "2", "--gen-new-tokens", "4", "--steps", "1", "--logp-from-hidden"])  # fmt: skip
+    assert r["fit"] and r["gen_fit"] and r["token_ids"] == 500 and r["train_tokens"] == 4 * (5 + 7)
+    assert r["gen_tokens"] == 2 * 2 * 4 and r["model"] == bts.BUILTIN
+    assert abs(r["entropy"] - math.log(500)) < 0.1  # the vocab mask at the stand-in tokenizer's 500 ids

@@ -2,10 +2,10 @@
 
 On CPU (CI) the stand-in `vllm` module of tests/fake_vllm.py is put into sys.modules. It has exactly the API surface
 the engine calls (LLM with generate / apply_model / sleep / wake_up / reset_prefix_cache, SamplingParams,
-TokensPrompt), accepts only argument names that exist in every supported vLLM release (0.10.2 .. 0.33), records every
+TokensPrompt), accepts only argument names that exist in every supported vLLM release (0.26 .. 0.34), records every
 call in order and enforces what real vLLM would do or break on: no generation while asleep, with random (dummy) or
 dropped (level 2) weights, or with a prefix cache filled under older weights; no weight writes while the weight
-memory is asleep; n = 1 when greedy.
+memory is asleep; n = 1 when greedy; one sleep-mode engine per process on a GPU (each point cited in fake_vllm.py).
 
 When `import vllm` works and a GPU is present, the `real_vllm` tests run the same scenarios on the real engine with a
 tiny model and check what can be observed: log-probs equal an independent recomputation under the weights the trainer
@@ -14,6 +14,7 @@ holds at that moment (so every sync arrived), padded ids never appear, greedy de
 
 import copy
 import gc
+from functools import partial
 import importlib.util
 import math
 import os
@@ -26,7 +27,8 @@ import torch
 
 from mathrl import engine_vllm
 from mathrl.engine import Completion
-from mathrl.engine_vllm import VLLMEngine, request_seed, version_tuple
+from mathrl import CannotRun
+from mathrl.engine_vllm import ReferencePolicy, VLLMEngine, frozen_weights, request_seed, version_tuple
 from fake_vllm import install
 from mathrl.tiny import SETTINGS, build_model, build_tokenizer
 
@@ -122,7 +124,8 @@ def test_under_torchrun_the_engine_joins_torchruns_process_group(fake_vllm, worl
         dist.destroy_process_group()
     assert engine.llm.kwargs["distributed_executor_backend"] == "external_launcher"
     assert engine.llm.multiprocessing_env == "0", "vLLM's external launcher asserts the in-process engine core"
-    assert "distributed_executor_backend" not in VLLMEngine(world.path).llm.kwargs  # one process: as before
+    one_process = VLLMEngine(world.path, enable_sleep_mode=False)  # (a second sleep-mode engine would be refused)
+    assert "distributed_executor_backend" not in one_process.llm.kwargs  # one process: as before
 
 
 def test_sampling_parameters_pass_through(fake_vllm, world):
@@ -264,34 +267,103 @@ def test_level_1_engine_lets_go_of_pushed_weights_level_2_keeps_them(fake_vllm, 
     assert (ref() is not None) == (level == 2)
 
 
-def test_aapo_reference_engine_sleeps_and_wakes_with_the_policy(fake_vllm, world):
+@pytest.mark.parametrize("level", [1, 2])
+def test_reference_policy_samples_the_initial_weights_on_the_policy_engine(fake_vllm, world, level):
+    """AAPO's reference on the policy's own engine: each reference rollout runs on exactly the frozen initial weights
+    after a prefix-cache reset, each policy rollout and the state after it on the trainer's current ones."""
     model, optimizer = trainer(world)
-    policy = VLLMEngine(world.path, load_format="dummy", gpu_memory_utilization=0.3)
-    reference = VLLMEngine(world.path, gpu_memory_utilization=0.2)  # the initial checkpoint from disk, never synced
-    policy.load_weights(model)
+    initial = copy.deepcopy(model)
+    engine = VLLMEngine(world.path, load_format="dummy", sleep_level=level)
+    engine.load_weights(model)
+    reference = ReferencePolicy(engine, frozen_weights(model, torch.float32), model)
     for step in range(2):
-        policy.generate(world.prompts, n=2, max_new_tokens=4, seed=step)
-        reference.generate(world.prompts, n=2, max_new_tokens=4, seed=step)
-        policy.sleep()  # one pool per process: the reference engine must sleep too, or its KV cache goes stale
+        engine.generate(world.prompts, n=2, max_new_tokens=4, seed=step)
+        assert_engine_holds(engine.llm, model)
+        reference.generate(world.prompts, n=2, max_new_tokens=4, seed=100 + step)
+        assert_engine_holds(engine.llm, initial)  # the frozen copy, untouched by the optimizer steps
+        engine.sleep()
         optimizer_step(model, optimizer, world.prompts)
-        policy.load_weights(model)
-        policy.wake_up()
-    policy.generate(world.prompts, n=2, max_new_tokens=4, seed=9)
-    reference.generate(world.prompts, n=2, max_new_tokens=4, seed=9)
-    assert_engine_holds(policy.llm, model)
-    assert "push" not in reference.llm.log and all(w is None for _, _, w in reference.llm.generations)
-    cycle = [("sleep", 1), ("wake_up", ("weights",)), ("wake_up", ("kv_cache",)), "reset_prefix_cache"]
-    assert cycles(reference.llm.log) == [[], cycle, cycle, []]
+        engine.load_weights(model)
+        engine.wake_up()
+        with pytest.raises(AssertionError, match="stale weights"):
+            assert_engine_holds(engine.llm, model)  # the last generate was the reference's: the weights differ
+    engine.generate(world.prompts, n=2, max_new_tokens=4, seed=9)
+    assert_engine_holds(engine.llm, model)
+    assert len(fake_vllm.LLM.instances) == 1, "no second engine"
+    wake = [("sleep", level), ("wake_up", ("weights",)), "push", ("wake_up", ("kv_cache",)), "reset_prefix_cache"]
+    reference_push = ["push", "reset_prefix_cache"]  # before the reference's rollout
+    policy_back = ["push", "reset_prefix_cache"]  # after it, before the engine is used again
+    assert cycles(engine.llm.log) == [["push", "reset_prefix_cache"], reference_push, policy_back + wake,
+                                      reference_push, policy_back + wake, []]  # fmt: skip
+    engine.sleep()
+    with pytest.raises(RuntimeError, match="wake_up"):
+        reference.generate(world.prompts, n=1, max_new_tokens=3)
+    assert engine.llm.log[-1] == ("sleep", level), "nothing pushed into a sleeping engine"
 
 
-def test_several_sleeping_engines_must_use_level_1(fake_vllm, world):
+def test_frozen_weights_are_a_copy_in_the_engines_dtype(world):
+    model = copy.deepcopy(world.model)
+    frozen = frozen_weights(model, torch.bfloat16)
+    assert list(frozen) == [name for name, _ in model.named_parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # an optimizer step
+    for name, p in world.model.named_parameters():
+        assert frozen[name].dtype == torch.bfloat16 and torch.equal(frozen[name], p.detach().to(torch.bfloat16))
+
+
+def test_a_second_sleep_mode_engine_is_refused_with_vllms_reason(fake_vllm, world):
     first = VLLMEngine(world.path)
-    with pytest.raises(ValueError, match="sleep_level=1"):
-        VLLMEngine(world.path, sleep_level=2)
-    VLLMEngine(world.path, sleep_level=2, enable_sleep_mode=False)  # outside the sleep pool: allowed
-    first.sleep()
-    with pytest.raises(RuntimeError, match="before the first sleep"):
+    with pytest.raises(CannotRun, match=r"one instance per process.*0\.10\.2.*0\.33\.0"):
         VLLMEngine(world.path)
+    assert len(fake_vllm.LLM.instances) == 1, "refused before vLLM was asked"
+    other = VLLMEngine(world.path, enable_sleep_mode=False)  # no sleep pool: allowed beside it
+    first.load_weights(world.model)
+    first.sleep()
+    other.generate(world.prompts, n=1, max_new_tokens=3)  # it keeps its memory while the first one sleeps
+    # the stand-in fails as vLLM 0.33.0 does when asked directly (vllm/v1/worker/gpu_worker.py line 414)
+    with pytest.raises(AssertionError, match="CuMem allocator can only be used for one instance per process"):
+        fake_vllm.LLM(world.path, enable_sleep_mode=True)
+
+
+def test_cpu_platform_allows_several_engines(monkeypatch, world):
+    fake = install(monkeypatch, world.model, cpu=True)  # no sleep mode on CPU: no pool to share
+    VLLMEngine(world.path), VLLMEngine(world.path)
+    assert len(fake.LLM.instances) == 2
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_stand_in_sleep_levels_follow_vllm(fake_vllm, world, level):
+    """The stand-in itself: level 1 keeps the weights (offloaded), level 2 discards them until a push; generate needs
+    both the weights and the KV cache awake (tests/fake_vllm.py docstring, read in vLLM 0.10.2 and 0.33.0)."""
+    llm = fake_vllm.LLM(world.path, enable_sleep_mode=True)
+    eos = world.tokenizer.eos_token_id
+    params = [fake_vllm.SamplingParams(n=1, max_tokens=3, seed=0, logit_bias=None, stop_token_ids=[eos])]
+
+    def generate():
+        return llm.generate([fake_vllm.TokensPrompt(prompt_token_ids=world.prompts[0])], params)
+
+    def push():
+        llm.apply_model(partial(engine_vllm._load_into, engine_vllm.named_weights(world.model)))
+
+    generate()
+    llm.sleep(level=level)
+    with pytest.raises(RuntimeError, match="asleep"):
+        generate()
+    with pytest.raises(RuntimeError, match="while their memory is asleep"):
+        push()
+    llm.wake_up(tags=["weights"])
+    with pytest.raises(RuntimeError, match="kv_cache.*asleep"):
+        generate()
+    llm.wake_up(tags=["kv_cache"])
+    if level == 1:
+        generate()  # the offloaded weights are back
+    else:
+        with pytest.raises(RuntimeError, match="dropped weights"):
+            generate()
+        push()
+        llm.reset_prefix_cache()
+        generate()
 
 
 def test_dummy_weights_need_a_push_and_asleep_engine_refuses(fake_vllm, world):
@@ -376,15 +448,15 @@ def test_sharing_layers_are_the_later_owners_of_a_tied_tensor():
 def test_missing_vllm_names_the_fix(monkeypatch, world):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError, as when it is not installed
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
-    with pytest.raises(ImportError, match=r"vLLM \(vllm>=0\.10\.2,<0\.34\).*pip install -e '\.\[gpu\]'"):
+    with pytest.raises(ImportError, match=r"vLLM \(vllm>=0\.26,<0\.35\).*pip install -e '\.\[gpu\]'"):
         VLLMEngine(world.path)
 
 
 def test_version_range(fake_vllm, world):
     assert version_tuple("0.10.2") == (0, 10, 2) and version_tuple("0.11.0rc2+cu128") == (0, 11, 0)
     assert version_tuple("1.2") == (1, 2, 0) and version_tuple("dev") == (0, 0, 0)
-    fake_vllm.__version__ = "0.9.2"
-    with pytest.warns(UserWarning, match=r"0\.9\.2 is outside the supported range"):
+    fake_vllm.__version__ = "0.25.1"  # below the floor: the V1 sampler's per-request loop (engine_vllm docstring)
+    with pytest.warns(UserWarning, match=r"0\.25\.1 is outside the supported range"):
         VLLMEngine(world.path)
 
 

@@ -334,7 +334,7 @@ def test_preset_then_flags():
     cfg = parse_config(["--preset", "tiny", "--group-size", "4", "--no-aapo-std", "--estimator", "aapo"])
     assert (cfg.group_size, cfg.prompts_per_step, cfg.lr, cfg.device, cfg.aapo_std) == (4, 16, 2e-4, "cpu", False)
     assert train.loss_kind(cfg) == "reinforce" and train.loss_kind(parse_config([])) == "ppo"
-    assert parse_config([]) == Config()  # no flags: the paper recipe defaults
+    assert parse_config([]) == replace(Config(), **train.GPU_PRESET)  # no flags: the paper recipe on one GPU
 
 
 def test_help_lists_every_field_comment(capsys):

@@ -21,8 +21,8 @@ from mathrl.engine_vllm import request_seed
 from fake_vllm import install
 
 OPT = "optimizer_step"  # what RecordingAdamW writes into every fake engine's log
-WAKE_PUSH = [("wake_up", ("weights",)), "push", ("wake_up", ("kv_cache",)), "reset_prefix_cache"]  # policy, level 1
-WAKE = [("wake_up", ("weights",)), ("wake_up", ("kv_cache",)), "reset_prefix_cache"]  # reference: never pushed
+WAKE_PUSH = [("wake_up", ("weights",)), "push", ("wake_up", ("kv_cache",)), "reset_prefix_cache"]
+REFERENCE = ["push", "reset_prefix_cache", "generate", "push", "reset_prefix_cache"]  # AAPO's, on the policy's engine
 
 
 @pytest.fixture(scope="module")
@@ -84,23 +84,27 @@ def test_vllm_loop_pushes_the_trainers_weights_after_every_training_phase(monkey
     fake, snapshots, rows = run_train(
         monkeypatch, tmp_path, tiny_world, ["--estimator", estimator, "--tis-cap", "2", "--micro-batch-tokens", "64"]
     )
-    policies = [llm for llm in fake.LLM.instances if llm.kwargs["load_format"] == "dummy"]
-    refs = [llm for llm in fake.LLM.instances if llm.kwargs["load_format"] == "auto"]
-    assert len(policies) == 1 and len(refs) == (estimator == "aapo")
-    policy = policies[0]
+    (policy,) = fake.LLM.instances  # one engine: AAPO's reference samples on it (engine_vllm.ReferencePolicy)
     assert policy.model_path == world["model"] and policy.multiprocessing_env == "0"
-    assert {k: policy.kwargs[k] for k in ("dtype", "gpu_memory_utilization", "max_model_len", "enable_sleep_mode")} == {
-        "dtype": "bfloat16", "gpu_memory_utilization": 0.45, "max_model_len": 256, "enable_sleep_mode": True
+    assert {k: policy.kwargs[k] for k in ("dtype", "gpu_memory_utilization", "max_model_len", "enable_sleep_mode",
+                                          "load_format")} == {
+        "dtype": "bfloat16", "gpu_memory_utilization": 0.45, "max_model_len": 256, "enable_sleep_mode": True,
+        "load_format": "dummy",
     }  # max_model_len: max(200 + 12, eval context 256)  fmt: skip
 
-    # order: initial push, eval, then per step rollout -> sleep -> 2 optimizer steps -> wake + push -> next generate
-    cycle = [("sleep", 1), OPT, OPT, *WAKE_PUSH]
-    assert policy.log == ["push", "reset_prefix_cache", "generate", "generate", *cycle, "generate", *cycle, "generate"]
+    # order: initial push, eval, then per step rollout (AAPO: push the reference, sample, push the policy back) ->
+    # sleep (level 2) -> 2 optimizer steps -> wake + push -> next generate
+    ref = REFERENCE if estimator == "aapo" else []
+    cycle = [("sleep", 2), OPT, OPT, *WAKE_PUSH]
+    assert policy.log == ["push", "reset_prefix_cache", "generate", "generate", *ref, *cycle, "generate", *ref, *cycle,
+                          "generate"]  # fmt: skip
     assert len(snapshots) == 4
 
     # weights: each generate ran on exactly the trainer's weights of that moment, and those changed every phase
     initial = {n: p.detach() for n, p in model.named_parameters()}
-    eval0, roll0, roll1, eval2 = [w for _, _, w in policy.generations]
+    rollout_calls = (1, 3) if estimator == "aapo" else (1, 2)  # generate() calls that were the policy's rollouts
+    weights = [w for _, _, w in policy.generations]
+    eval0, roll0, roll1, eval2 = weights[0], weights[rollout_calls[0]], weights[rollout_calls[1]], weights[-1]
     assert_weights(eval0, initial)
     assert_weights(roll0, initial)
     assert_weights(roll1, snapshots[1])  # after the 2nd optimizer step, the last of rollout batch 0
@@ -109,21 +113,20 @@ def test_vllm_loop_pushes_the_trainers_weights_after_every_training_phase(monkey
     assert any(not torch.equal(snapshots[3][n], snapshots[1][n]) for n in initial)
 
     # sampling parameters pass through: rollouts at --temperature, top_p 1, G samples, seeded per step and prompt
+    rollouts = [policy.generations[i] for i in rollout_calls]
     eos = [model.config.eos_token_id]
-    for step, (prompts, params, _) in enumerate([policy.generations[1], policy.generations[2]]):
+    for step, (prompts, params, _) in enumerate(rollouts):
         assert len(prompts) == len(params) == 4
         for i, sp in enumerate(params):
             assert (sp.n, sp.temperature, sp.top_p, sp.top_k, sp.max_tokens, sp.logprobs) == (2, 0.9, 1.0, 0, 12, 0)
             assert sp.stop_token_ids == eos and sp.seed == request_seed(train.rollout_seed(42, step, 0), i, 2)
-    for _, params, _ in (policy.generations[0], policy.generations[3]):  # eval: greedy, one sample, eval budget
+    for _, params, _ in (policy.generations[0], policy.generations[-1]):  # eval: greedy, one sample, eval budget
         assert all((sp.n, sp.temperature, sp.max_tokens) == (1, 0.0, 40) for sp in params) and len(params) == 4
 
-    if estimator == "aapo":  # the reference: never pushed, sleeps and wakes with the policy, its own seeds and share
-        (ref,) = refs
-        assert ref.model_path == world["model"] and ref.kwargs["gpu_memory_utilization"] == 0.2
-        assert ref.log == ["generate", ("sleep", 1), OPT, OPT, *WAKE, "generate", ("sleep", 1), OPT, OPT, *WAKE]
-        assert all(w is None for _, _, w in ref.generations), "the reference engine must keep the initial weights"
-        for step, (_, params, _) in enumerate(ref.generations):
+    if estimator == "aapo":  # the reference: the initial weights in the engine's dtype, its own seeds
+        initial_bf16 = {n: t.to(torch.bfloat16) for n, t in initial.items()}
+        for step, (_, params, w) in enumerate([policy.generations[2], policy.generations[4]]):
+            assert_weights(w, initial_bf16)
             assert [sp.seed for sp in params] == [request_seed(train.rollout_seed(42, step, 1), i, 2) for i in range(4)]
             assert all((sp.n, sp.temperature, sp.top_p, sp.max_tokens) == (2, 0.9, 1.0, 12) for sp in params)
 
@@ -132,21 +135,37 @@ def test_vllm_loop_pushes_the_trainers_weights_after_every_training_phase(monkey
         assert r["train/updates"] == 2 and 0 <= r["train/tis_clip_frac"] <= 1 and "train/logp_diff" in r
 
 
-def test_vllm_config_errors_and_the_1_5b_preset():
-    with pytest.raises(ValueError, match="sleep-level 2"):
-        train.parse_config(["--engine", "vllm", "--estimator", "aapo", "--vllm-sleep-level", "2"])
+def test_vllm_config_errors_and_the_paper_preset():
+    assert train.parse_config(["--engine", "vllm", "--estimator", "aapo"]).vllm_sleep_level == 2  # one engine: fine
     with pytest.raises(ValueError, match="--vllm-sleep-level 3: expected one of 1, 2"):
         train.parse_config(["--vllm-sleep-level", "3"])
     with pytest.raises(ValueError, match="--max-model-len 4000: .* need 4096"):
         train.parse_config(["--engine", "vllm", "--max-model-len", "4000"])  # 1024 + 3072 does not fit
     with pytest.raises(ValueError, match="--tis-cap"):
         train.parse_config(["--tis-cap", "-1"])
-    cfg = train.parse_config(["--preset", "1.5b"])
+    cfg = train.parse_config(["--aug", "--estimator", "aapo"])  # the mission command: the paper run on a GPU
     assert (cfg.engine, cfg.device, cfg.bf16, cfg.grad_ckpt, cfg.logp_from_hidden) == ("vllm", "cuda", True, True, True)
     assert cfg.micro_batch_tokens == 32768 and cfg.model == "Qwen/Qwen2.5-Math-1.5B" and train.model_len(cfg) == 4096
-    assert train.parse_config(["--preset", "1.5b", "--micro-batch-tokens", "0"]).micro_batch_tokens == 0  # flags win
-    with pytest.raises(ValueError, match="expected tiny or 1.5b"):
+    assert cfg.preset == "paper" and cfg.gpu_memory_utilization == 0.7 and cfg.vllm_sleep_level == 2
+    assert train.parse_config(["--preset", "1.5b"]) == train.replace(train.parse_config([]), preset="1.5b")  # alias
+    assert train.parse_config(["--micro-batch-tokens", "0"]).micro_batch_tokens == 0  # flags win
+    with pytest.raises(ValueError, match="expected tiny or paper"):
         train.parse_config(["--preset", "7b"])
+
+
+def test_paper_run_without_cuda_stops_at_once_with_the_tiny_command(monkeypatch):
+    """On a machine without CUDA the mission command says so before any download, and how to run the tiny preset."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train, "load_model_and_tokenizer", lambda *a: pytest.fail("got past the device check"))
+    tiny_command = r"needs a CUDA GPU.*python train.py --preset tiny --aug --estimator aapo"
+    with pytest.raises(train.CannotRun, match=tiny_command):
+        train.main(["--aug", "--estimator", "aapo", "--out", "unused"])
+    with pytest.raises(train.BadValue, match="--device cuda: no CUDA device"):
+        train.pick_device(train.parse_config(["--preset", "tiny", "--device", "cuda"]))
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)  # vLLM not installed
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(train.CannotRun, match="--engine vllm needs vLLM"):
+        train.pick_device(train.parse_config(["--preset", "tiny", "--engine", "vllm"]))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

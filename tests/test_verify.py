@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from conftest import REPO, shared_path

@@ -36,7 +36,7 @@ if not current_platform.is_cpu():
 
 from mathrl import tiny  # noqa: E402
 from mathrl.engine import TransformersEngine  # noqa: E402
-from mathrl.engine_vllm import VLLMEngine  # noqa: E402
+from mathrl.engine_vllm import ReferencePolicy, VLLMEngine, frozen_weights  # noqa: E402
 from mathrl.templates import TINY_DEFAULT_TEMPLATE, render  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,6 +206,24 @@ def test_a_push_that_misses_a_parameter_is_an_error(world, engine):
     engine.load_weights(world.model.state_dict())  # the whole state dict (with the tied lm_head.weight) is fine
 
 
+def test_aapo_reference_samples_the_initial_weights_on_the_policys_engine(world, engine):
+    """ReferencePolicy on the real engine: the reference groups' log-probs equal the initial model's, recomputed
+    without vLLM; the policy's, sampled after them on the same engine, equal the trained model's (so the policy was
+    pushed back); the two models differ enough for either mix-up to show."""
+    policy = perturbed(world.model, 0.02, seed=5)  # the trainer's weights after some updates
+    reference = ReferencePolicy(engine, frozen_weights(world.model, torch.float32), policy)
+    engine.load_weights(policy)
+    for seed in (3, 4):
+        ref_groups = reference.generate(world.prompts, n=2, max_new_tokens=NEW_TOKENS, seed=seed)
+        groups = engine.generate(world.prompts, n=2, max_new_tokens=NEW_TOKENS, seed=seed)
+        ref_err = logp_error(world.model, world.limit, world.prompts, ref_groups, 1.0)
+        err = logp_error(policy, world.limit, world.prompts, groups, 1.0)
+        assert fp32_agrees(ref_err), f"reference vs initial model: mean {ref_err.mean().item():.2e}"
+        assert fp32_agrees(err), f"policy after the reference vs trained model: mean {err.mean().item():.2e}"
+        swapped = logp_error(policy, world.limit, world.prompts, ref_groups, 1.0).mean().item()
+        assert swapped > 100 * ref_err.mean().item(), "the two policies must be told apart"
+
+
 def test_bf16_engine_is_close_to_the_trainer(world):
     engine = VLLMEngine(world.path, dtype="bfloat16", max_model_len=256, load_format="dummy", enforce_eager=True)
     engine.load_weights(world.model)
@@ -233,7 +251,7 @@ def run_script(args: list[str]) -> subprocess.CompletedProcess:
     "extra",
     [
         ["--estimator", "grpo", "--mini-batch-prompts", "8"],  # two optimizer steps (and pushes) per rollout batch
-        ["--estimator", "aapo", "--aug"],  # the reference engine beside the policy's
+        ["--estimator", "aapo", "--aug"],  # AAPO's reference on the policy's engine (ReferencePolicy)
     ],
     ids=["grpo-two-updates", "aapo-aug"],
 )

@@ -7,8 +7,8 @@
 2 ranks gives the loss and parameter update of one process on the same rollouts (tests/test_distributed.py's
 reference update, fp32); each rank's engine, after the push, samples with log-probs equal to the trainer's
 recomputation under the updated weights (and not under the old ones); the two ranks sample different prompts with
-different seeds; and `train.py --preset tiny --engine vllm` (GRPO, and AAPO with its reference engine) runs end to end
-under torchrun with the engines' log-probs equal to the trainer's, ending without a traceback.
+different seeds; and `train.py --preset tiny --engine vllm` (GRPO, and AAPO with its reference on each rank's engine)
+runs end to end under torchrun with the engines' log-probs equal to the trainer's, ending without a traceback.
 
 Skipped when vllm cannot be imported; with REQUIRE_VLLM=1 (make test-vllm, CI) that is a failure instead.
 """

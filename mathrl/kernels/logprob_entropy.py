@@ -14,8 +14,8 @@ Gradients, with upstream g_lp = dL/dlog p_y and g_H = dL/dH:
 
 One pass: the forward streams the V logits of a row once, keeping the max m, l = sum e^{s-m} and
 b = sum e^{s-m} (s-m) (online softmax, arXiv:1805.02867 Alg. 3): LSE = m + log l, E_p[s] = m + b/l, H = log l - b/l.
-The backward reads the logits once more with only LSE and E_p[s] per row (8 bytes) and writes dz. PyTorch's
-eager path instead materialises fp32 copies of the [N, V] tensor (upcast, log-softmax, probabilities, product).
+The backward reads the logits once more with only LSE and E_p[s] per row (8 bytes) and writes dz (eager PyTorch
+materialises fp32 [N, V] copies: upcast, log-softmax, probabilities, product).
 Padded vocabularies: ids >= vocab_limit (Qwen2.5: 151,665 valid of 151,936 rows) count as -inf: p = 0, dz = 0.
 """
 
@@ -65,7 +65,8 @@ def _logprob_entropy_fwd_kernel(
     stride_b,  # elements between logits[b] and logits[b + 1] (0 for a 2-D input)
     stride_t,  # elements between logits[b, t] and logits[b, t + 1]
     n_t,  # T, rows per b (N for a 2-D input)
-    vocab_limit,  # number of valid ids; columns >= it count as -inf and are never read
+    vocab_size,  # V, columns per row: the load mask (V % 16 == 0 lets Triton issue 16-byte loads)
+    vocab_limit,  # number of valid ids; columns >= it count as -inf
     inv_temperature,  # 1 / T: s = z / T is applied before the softmax
     BLOCK_V: tl.constexpr,  # columns per step
 ):
@@ -81,12 +82,13 @@ def _logprob_entropy_fwd_kernel(
     l = tl.zeros([BLOCK_V], dtype=tl.float32)  # per-lane partial sums in fp32 (even for bf16 logits),
     b = tl.zeros([BLOCK_V], dtype=tl.float32)  # reduced across lanes once, after the loop
 
-    # 2. one streaming pass: online max m, l = sum e^{s-m}, b = sum e^{s-m} (s-m)  (arXiv:1805.02867 Alg. 3).
-    #    b is kept relative to m so that H = log l - b/l never subtracts two large numbers.
+    # 2. one streaming pass: online max m, l = sum e^{s-m}, b = sum e^{s-m} (s-m) (arXiv:1805.02867 Alg. 3); b is
+    #    relative to m: H = log l - b/l subtracts no large numbers. Load mask: V, not vocab_limit (16-byte loads).
     for start in range(0, vocab_limit, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
         valid = offs < vocab_limit
-        s = tl.load(row_ptr + offs, mask=valid, other=-float("inf")).to(tl.float32) * inv_temperature
+        s = tl.load(row_ptr + offs, mask=offs < vocab_size, other=0.0).to(tl.float32) * inv_temperature
+        s = tl.where(valid, s, -float("inf"))  # padded and out-of-row columns: p = 0
         m_new = tl.maximum(m, tl.max(s, axis=0))  # the only cross-lane reduction inside the loop
         alpha = tl.exp(m - m_new)  # rescales the sums so far to the new max
         e = tl.exp(s - m_new)  # 0 on padded columns (s = -inf); their s - m_new is zeroed below: 0 * inf = nan
@@ -137,7 +139,7 @@ def _logprob_entropy_bwd_kernel(
     for start in range(0, vocab_size, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
         valid = offs < vocab_limit
-        s = tl.load(row_ptr + offs, mask=valid, other=0.0).to(tl.float32) * inv_temperature
+        s = tl.load(row_ptr + offs, mask=offs < vocab_size, other=0.0).to(tl.float32) * inv_temperature  # as forward
         p = tl.exp(tl.where(valid, s - lse, -float("inf")))  # padded columns: p = 0, so dz = 0
         dz = g_lp * (tl.where(offs == y, 1.0, 0.0) - p)
         if HAS_GRAD_ENTROPY:
@@ -161,8 +163,8 @@ def _forward(logits, targets, inv_temperature, vocab_limit):
     logp, entropy, lse, mean_s = (torch.empty(n_rows, dtype=torch.float32, device=logits.device) for _ in range(4))
     if n_rows > 0:
         _logprob_entropy_fwd_kernel[(n_rows,)](
-            logits, targets, logp, entropy, lse, mean_s, *_row_layout(logits), vocab_limit, inv_temperature,
-            BLOCK_V=BLOCK_V, num_warps=NUM_WARPS,
+            logits, targets, logp, entropy, lse, mean_s, *_row_layout(logits), logits.shape[-1], vocab_limit,
+            inv_temperature, BLOCK_V=BLOCK_V, num_warps=NUM_WARPS,
         )  # fmt: skip
     return logp, entropy, lse, mean_s
 
@@ -178,8 +180,7 @@ def _backward(logits, targets, lse, mean_s, grad_logp, grad_entropy, inv_tempera
     if n_rows > 0:
         _logprob_entropy_bwd_kernel[(n_rows,)](
             logits, targets, lse, mean_s, grad_logp, grad_entropy, out, *_row_layout(logits), vocab_size,
-            vocab_limit, inv_temperature, HAS_GRAD_ENTROPY=has_grad_entropy,
-            BLOCK_V=BLOCK_V, num_warps=NUM_WARPS,
+            vocab_limit, inv_temperature, HAS_GRAD_ENTROPY=has_grad_entropy, BLOCK_V=BLOCK_V, num_warps=NUM_WARPS,
         )  # fmt: skip
     return out
 
@@ -227,7 +228,6 @@ class LogprobEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
         grad_entropy = None if _is_zero(grad_entropy) else grad_entropy
-        # saved: logits, targets, lse, mean_s
         grad_logits = _backward(*ctx.saved_tensors, grad_logp, grad_entropy, ctx.inv_temperature, ctx.vocab_limit)
         return grad_logits, None, None, None  # targets, temperature, vocab_limit: not differentiable
 

@@ -80,6 +80,7 @@ def logprob_entropy_from_hidden(
     """Per-token log p(target) and entropy of softmax(hidden @ weight.T / T), without the whole [N, V] logits.
 
     hidden: (N, H) or (*, H); weight: (V, H) LM-head rows (weight is cast to hidden's dtype); targets: (*) ids.
+    Under autocast both are cast to its dtype first (gradients flow back to the originals in theirs).
     Returns (logp, entropy), fp32, of targets' shape. Gradients flow to hidden and weight.
     use_triton: as in logprob_entropy (None: Triton for CUDA tensors, the unchunked PyTorch reference otherwise).
     """
@@ -89,6 +90,9 @@ def logprob_entropy_from_hidden(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     vocab_limit = check_inputs((*hidden.shape[:-1], weight.shape[0]), targets, temperature, vocab_limit)
+    if torch.is_autocast_enabled(hidden.device.type):  # the LM head in the autocast dtype, as nn.Linear under autocast:
+        dtype = torch.get_autocast_dtype(hidden.device.type)  # bf16 x bf16 with fp32 accumulation on tensor cores, not
+        hidden, weight = hidden.to(dtype), weight.to(dtype)  # fp32 x fp32 (Qwen2's final hidden states are fp32 there)
     if not (hidden.is_cuda if use_triton is None else use_triton):
         return logprob_entropy_from_hidden_ref(hidden, weight, targets.long(), temperature, vocab_limit)
     flat = hidden.reshape(-1, hidden.shape[-1])  # (N, H)

@@ -29,8 +29,8 @@ Deviations from the papers:
     mini-batch) is the same for any number of ranks.
  3) When a rollout batch gets a single optimizer step (ppo_epochs x mini-batches = 1), the old log-probs are the
     detached log-probs of the training forward pass instead of a separate pass: the same numbers, one pass fewer.
- 4) DAPO dynamic sampling (off by default) drops zero-variance groups from the loss but does not draw more prompts
-    to refill the batch, as DAPO does (arXiv:2503.14476v1 Eq. 11).
+ 4) DAPO dynamic sampling (off by default; arXiv:2503.14476v1 Eq. 11) refills at most --dynamic-sampling-rounds
+    rounds per step (DAPO: until full), then masks the dead groups left; "dead" follows the estimator (mathrl/dynamic.py).
  5) AAPO (arXiv:2505.14264v2) defaults to its own loss (REINFORCE, no ratio or clip) and advantage eps (1e-4) but
     runs inside the prompt-augmentation recipe (lr 1e-6, 128 x 8, 4 mini-batches), not AAPO's G = 6 / 96 completions.
     `--aapo-ref cache` (reuse per-prompt reference rewards) is this project's addition; `fresh` is the paper's.
@@ -58,9 +58,12 @@ import torch
 
 import eval as evaluation
 from mathrl import BadValue, CannotRun, UserError
+from mathrl.batching import micro_batches, token_budget_batches, trim  # noqa: F401 (token_budget_batches: tests)
 from mathrl.data import clean_rows, load_eval_rows, read_rows
 from mathrl.distributed import (all_cat, all_items, all_strided, all_sum, barrier, close_distributed, ddp,
                                 init_distributed, print0, rank, rank_share, world_size)  # fmt: skip
+from mathrl.dynamic import (METRICS, dead_groups, dynamic_metrics, gather, refill_rows, refill_size, refill_template,
+                            select_slots)  # fmt: skip
 from mathrl.outputs import Trackers, checkpoints, dump_samples, log_step, prepare_out, restore_state, save_checkpoint
 from mathrl.grading import grade_batch
 from mathrl.templates import (DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template,
@@ -121,7 +124,9 @@ class Config:
     aapo_delta_low: float = 0.2  # AAPO: margin clip below, clip(r - r_ref, -delta_low, delta_high)
     aapo_delta_high: float = 0.28  # AAPO: margin clip above
     aapo_ref: str = "fresh"  # AAPO reference rewards: fresh (G new reference samples every step, the paper) | cache
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all equal from the loss (arXiv:2503.14476v1)
+    dynamic_sampling: bool = False  # DAPO dynamic sampling: dead groups out of the loss (arXiv:2503.14476v1 Eq. 11)
+    dynamic_sampling_rounds: int = 0  # R: up to R rounds of fresh prompts a step until B live groups (DAPO Alg. 1)
+    dynamic_sampling_metric: str = "advantage"  # dead: all advantages 0 | reward: equal rewards | accuracy: DAPO's
     overlong: str = "keep"  # truncated responses: keep | zero (reward 0) | mask (out of the loss, DAPO Sec. 3.4)
     # loss
     loss: str = "auto"  # ppo (clipped surrogate) | reinforce (AAPO's) | auto = ppo for grpo/drgrpo, reinforce for aapo
@@ -176,11 +181,7 @@ TINY_PRESET = dict(
     progress=False, weight_decay=0.0,
     model="", train_data="", eval_data="",  # empty: filled with the cached tiny world (tiny.prepare) at start-up
 )  # fmt: skip
-# One optimizer step per rollout batch (mini-batch = the 16 prompts) keeps every update on-policy: with two, AAPO's
-# REINFORCE loss (no ratio to correct the second one) gained 12 points in 100 steps with --aug, against 22.5 with one.
-# The cosine decay settles the policy before the end: at a constant 2e-4 the held-out accuracy swung by up to 12
-# points between evaluations late in a run (AAPO with --aug, seed 1: 82.3, 71.4, 83.1, 76.1 at steps 70-100), with
-# the cosine it rose to a plateau (85.8, 87.8, 88.3, 88.6 at steps 60-90, same seed and warm start).
+# One optimizer step per rollout batch (on-policy) and the cosine decay: measured at the end of docs/tiny.md.
 
 # The paper preset (the default; old name 1.5b): one 80 GB GPU. Memory plan (docs/gpu.md; estimates, unmeasured), of
 # 79.1 GiB: rollouts 73 GiB (trainer 17.2 GiB fp32 weights + AdamW, policy engine 0.7 x 79.1 = 55.4 GiB: ~1.8M tokens
@@ -217,7 +218,7 @@ def check_config(cfg: Config) -> Config:
     choices = dict(estimator=("grpo", "drgrpo", "aapo"), loss=("auto", "ppo", "reinforce"), aapo_ref=("fresh", "cache"),
                    agg=("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
                    overlong=("keep", "zero", "mask"), engine=("transformers", "vllm"), device=("auto", "cpu", "cuda"),
-                   lr_schedule=("constant", "cosine"),
+                   lr_schedule=("constant", "cosine"), dynamic_sampling_metric=METRICS,
                    vllm_sleep_level=(1, 2))  # fmt: skip
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -234,6 +235,8 @@ def check_config(cfg: Config) -> Config:
     if cfg.mini_batch_prompts % world:
         raise BadValue(f"--mini-batch-prompts {cfg.mini_batch_prompts} must be divisible by the {world} ranks of "
                          "torchrun --nproc_per_node: each rank takes an equal share of every mini-batch")  # fmt: skip
+    if not 0 <= cfg.dynamic_sampling_rounds <= 15 or (cfg.dynamic_sampling_rounds and not cfg.dynamic_sampling):
+        raise BadValue("--dynamic-sampling-rounds: 0 to 15 (rollout_seed's room), and > 0 needs --dynamic-sampling")
     if cfg.tis_cap < 0 or cfg.micro_batch_tokens < 0:
         raise BadValue("--tis-cap and --micro-batch-tokens must be >= 0 (0 = off)")
     if cfg.engine == "vllm":
@@ -400,21 +403,41 @@ def make_engine(cfg: Config, model, tokenizer):
     return engine
 
 
-def rollout_seed(seed: int, step: int, stream: int, rank: int = 0) -> int:
-    """Seed of one generate() call: a function of (run seed, step, stream, rank), so resuming replays the same samples;
-    ranks are 2^40 + 2^24 apart, so no two share a seed (+ 2^24: torch's CPU generator keeps only the low 32 bits)."""
-    return (seed * 1_000_003 + step) * 4 + stream + rank * (2**40 + 2**24)  # stream 0 policy, 1 reference, 2 cache fill
+def rollout_seed(seed: int, step: int, stream: int, rank: int = 0, rnd: int = 0) -> int:
+    """Seed of one generate() call: a function of (run seed, step, stream, rank, refill round), so resuming replays the
+    same samples; ranks are 2^40 + 2^24 apart, so no two share a seed (+ 2^24: torch's CPU generator keeps only the low
+    32 bits), and refill rounds 1-15 of dynamic sampling 2^20 (2^18 steps; round 16 would meet rank 1's round 0)."""
+    return (seed * 1_000_003 + step) * 4 + stream + rank * (2**40 + 2**24) + rnd * 2**20  # stream 0 policy, 1 reference
 
 
-def reference_rollouts(cfg: Config, ref_engine, step: int, prompt_ids: list, keys: list, ref_cache: dict):
+def reference_rollouts(cfg: Config, ref_engine, step: int, prompt_ids: list, keys: list, ref_cache: dict, rnd: int = 0):
     """AAPO's reference samples to grade: G for every prompt with --aapo-ref fresh (the paper), with cache only for the
     (row, template) keys never drawn. Returns (positions b among the B prompts, their [len][G] completions)."""
     ref_rows = [b for b, key in enumerate(keys) if cfg.aapo_ref == "fresh" or key not in ref_cache]
     if cfg.estimator != "aapo" or not ref_rows:  # grpo, drgrpo: no reference; cache: every pair drawn before
         return [], []
     ref_comps = ref_engine.generate([prompt_ids[b] for b in ref_rows], cfg.group_size, cfg.max_new_tokens,
-                                    cfg.temperature, cfg.top_p, seed=rollout_seed(cfg.seed, step, 1, rank()))  # fmt: skip
+                                    cfg.temperature, cfg.top_p, seed=rollout_seed(cfg.seed, step, 1, rank(), rnd))  # fmt: skip
     return ref_rows, ref_comps
+
+
+def rollout_round(cfg: Config, engine, ref_engine, tokenizer, step: int, rnd: int, rows, idx, tmpl, ref_cache) -> dict:
+    """A step's round on this rank: G samples of each prompt (rows idx, templates tmpl; none allowed), AAPO's reference
+    samples, rewards, advantages, dead groups (dynamic.py). Round 0: the step's batch; >= 1: refills, own seeds."""
+    prompt_ids = [tokenizer.encode(render(t, rows[i]["problem"]), add_special_tokens=False) for t, i in zip(tmpl, idx)]
+    keys, golds, t0 = list(zip(idx, tmpl)), [rows[i]["answer"] for i in idx], time.time()  # keys of AAPO's cache
+    comps = engine.generate(prompt_ids, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                            seed=rollout_seed(cfg.seed, step, 0, rank(), rnd), progress=cfg.progress and rank() == 0) if idx else []  # [B][G] fmt: skip
+    ref_rows, ref_comps = reference_rollouts(cfg, ref_engine, step, prompt_ids, keys, ref_cache, rnd)  # AAPO's
+    t_gen = time.time() - t0
+    res, ref_rewards, ref_stats = step_rewards(cfg, comps, ref_comps, ref_rows, golds, keys, ref_cache)  # (B, G)
+    adv = compute_advantages(res["reward"], cfg.estimator, ref_rewards=ref_rewards, std_eps=cfg.std_eps,
+                             aapo_std=cfg.aapo_std, aapo_std_eps=cfg.aapo_std_eps, delta_low=cfg.aapo_delta_low,
+                             delta_high=cfg.aapo_delta_high)  # (B, G) fmt: skip
+    dead = dead_groups(res, cfg.dynamic_sampling_metric, ref_rewards, cfg.aapo_delta_low, cfg.aapo_delta_high)  # (B,)
+    gen_tokens = sum(len(c.token_ids) for group in comps + ref_comps for c in group)
+    return dict(idx=idx, tmpl=tmpl, prompt_ids=prompt_ids, golds=golds, comps=comps, res=res, ref_rewards=ref_rewards,
+                ref_stats=ref_stats, adv=adv, dead=dead, gen_tokens=gen_tokens, t_gen=t_gen, t_reward=time.time() - t0 - t_gen)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -424,7 +447,9 @@ def reference_rollouts(cfg: Config, ref_engine, step: int, prompt_ids: list, key
 def score(cfg: Config, completions: list, golds: list, names: list[str]) -> dict[str, torch.Tensor]:
     """Reward, accuracy and format of [B][G] completions, each (B, G); verify.py grades in parallel with time limits
     (grading.py). --overlong zero gives truncated responses 0."""
-    B, G = len(completions), len(completions[0])
+    B, G = len(completions), len(completions[0]) if completions else cfg.group_size
+    if B == 0:  # a refill round without prompts on this rank
+        return {k: torch.zeros(0, G, dtype=torch.float64) for k in ("reward", "accuracy", "format", "truncated")}
     flat = [c for group in completions for c in group]
     acc = grade_batch([c.text for c in flat], [g for g in golds for _ in range(G)], timeout=cfg.reward_timeout,
                       workers=cfg.reward_workers or None)  # fmt: skip
@@ -446,12 +471,13 @@ def step_rewards(cfg: Config, comps, ref_comps, ref_rows, golds, keys, ref_cache
     if cfg.estimator != "aapo":
         return res, None, {}
     if cfg.aapo_ref == "fresh":  # the paper: r_i^ref from this step's i-th reference sample of the same prompt
-        return res, ref_res["reward"], {"aapo/ref_samples": cfg.prompts_per_step * cfg.group_size, "aapo/cache_size": 0}
+        n_ref = int(all_sum(torch.tensor(float(len(ref_rows) * cfg.group_size))))  # all ranks' (a round's)
+        return res, ref_res["reward"], {"aapo/ref_samples": n_ref, "aapo/cache_size": 0}
     # --aapo-ref cache (this project's): the rewards of the first reference samples of each (row, template), kept all
     # run; every rank gets every rank's new ones, so the cache is the one-process cache
     new_refs = all_items([(keys[b], ref_res["reward"][j].tolist()) for j, b in enumerate(ref_rows)])
     ref_cache.update(new_refs)
-    ref_rewards = torch.tensor([ref_cache[key] for key in keys], dtype=torch.float64)  # (B, G)
+    ref_rewards = torch.tensor([ref_cache[key] for key in keys], dtype=torch.float64).view(B, cfg.group_size)  # (B, G)
     return res, ref_rewards, {"aapo/ref_samples": len(new_refs) * cfg.group_size, "aapo/cache_size": len(ref_cache)}
 
 
@@ -586,36 +612,6 @@ class PolicyForward(torch.nn.Module):
 def policy_forward(model, device: torch.device) -> torch.nn.Module:
     """SETUP: what the training forward goes through: PolicyForward(model), under torchrun wrapped in DDP."""
     return ddp(PolicyForward(model), device)
-
-
-def trim(rows: torch.Tensor, input_ids, attention_mask, resp_mask):
-    """The sequences `rows` with columns that are padding in all of them removed (left: prompt pad, right: response)."""
-    ids, am, rm = input_ids[rows], attention_mask[rows], resp_mask[rows]
-    P = input_ids.shape[1] - resp_mask.shape[1]
-    left = int((am[:, :P].sum(0) == 0).sum())  # prompt columns padded in every row
-    T = max(1, int(rm.sum(-1).max()))
-    return ids[:, left : P + T], am[:, left : P + T], T
-
-
-def token_budget_batches(lengths: list[tuple[int, int]], budget: int) -> list[list[int]]:
-    """Micro-batches (index lists) with rows x padded width <= budget from (prompt, response) token counts; the width
-    is what trim() leaves, longest prompt + longest response. Greedy over the sequences sorted by (response, prompt)
-    length; a sequence over the budget goes alone. The order leaves the loss as is (normalised per mini-batch)."""
-    batches, cur, p_max, r_max = [], [], 0, 0
-    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i][1], lengths[i][0])):
-        p, r = lengths[i][0], max(1, lengths[i][1])
-        if cur and (len(cur) + 1) * (max(p_max, p) + max(r_max, r)) > budget:
-            batches.append(cur)
-            cur, p_max, r_max = [], 0, 0
-        cur, p_max, r_max = cur + [i], max(p_max, p), max(r_max, r)
-    return batches + [cur] if cur else batches
-
-
-def micro_batches(rows: torch.Tensor, lengths: list[tuple[int, int]], size: int, budget: int) -> list[torch.Tensor]:
-    """The sequences `rows` split for memory: by token budget when budget > 0, else `size` rows at a time."""
-    if budget <= 0:
-        return [rows[s : s + size] for s in range(0, len(rows), size)]
-    return [rows[b] for b in token_budget_batches([lengths[i] for i in rows.tolist()], budget)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -791,9 +787,9 @@ def update_policy(cfg: Config, forward, optimizer, batch: dict, limit: int | Non
 
 
 def step_metrics(cfg: Config, step: int, epoch: int, lr: float, res: dict, adv, zero_var, batch: dict, upd: dict,
-                 tmpl: list[str], ref_rewards, ref_stats: dict, timing: dict, t_step: float) -> dict:  # fmt: skip
-    """A step's metrics (docs/metrics.md) over all ranks: sums and counts all-reduced, (B, G) tensors and template
-    draws gathered rank after rank (in one process: as they are). upd: update_policy's; timing: the phases' seconds."""
+                 tmpl0: list[str], tmpl: list[str], ref_rewards, ref_stats: dict, timing: dict, t_step: float) -> dict:  # fmt: skip
+    """A step's metrics (docs/metrics.md) over all ranks: sums and counts all-reduced, (B, G) tensors and template draws
+    gathered rank after rank. res, zero_var, ref_rewards, tmpl0: round 0's; adv, batch, tmpl, upd: the trained slots'."""
     G, world = cfg.group_size, world_size()
     entropy, old_logp, engine_logp, loss_mask = (batch[k] for k in ("entropy", "old_logp", "engine_logp", "loss_mask"))
     rmask = batch["resp_mask"].float()  # (N, T)
@@ -841,7 +837,7 @@ def step_metrics(cfg: Config, step: int, epoch: int, lr: float, res: dict, adv, 
             **ref_stats,  # aapo/ref_samples, aapo/cache_size
         })  # fmt: skip
     if cfg.aug:
-        g_tmpl = all_items(tmpl)  # rank after rank, as g
+        g_tmpl = all_items(tmpl0)  # rank after rank, as g
         for name in sorted(set(g_tmpl)):
             sel = torch.tensor([t == name for t in g_tmpl])  # (B*world,)
             seq_sel = torch.tensor([t == name for t in tmpl]).repeat_interleave(G)  # (N,) this rank's
@@ -928,28 +924,29 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:  # ALGO: --lr-schedule (constant in the papers)
             group["lr"] = lr_at(cfg.lr, cfg.lr_schedule, step, total_steps)
 
-        # ---- rollouts: one template per prompt (the whole group shares it), G samples each
-        epoch, idx, tmpl, prompt_ids = step_prompts(cfg, step, rows, names, tokenizer)  # B of each
-        keys, golds = list(zip(idx, tmpl)), [rows[i]["answer"] for i in idx]  # keys of the AAPO reference cache
-        t0 = time.time()
-        comps = engine.generate(prompt_ids, G, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                seed=rollout_seed(cfg.seed, step, 0, rank), progress=cfg.progress and rank == 0)  # [B][G] fmt: skip
-        ref_rows, ref_comps = reference_rollouts(cfg, ref_engine, step, prompt_ids, keys, ref_cache)  # AAPO's
-        timing["time/generate"] = time.time() - t0
+        # ---- rollouts, rewards (AAPO's reference samples graded alongside), advantages: one template per prompt, G samples
+        epoch, idx, tmpl, _ = step_prompts(cfg, step, rows, names, tokenizer)  # B of each
+        rounds = [rollout_round(cfg, engine, ref_engine, tokenizer, step, 0, rows, idx, tmpl, ref_cache)]
+        timing.update({"time/generate": rounds[0]["t_gen"], "time/reward": rounds[0]["t_reward"]})
 
-        # ---- rewards (policy and reference samples graded in one parallel batch)
-        t0 = time.time()
-        res, ref_rewards, ref_stats = step_rewards(cfg, comps, ref_comps, ref_rows, golds, keys, ref_cache)  # (B, G)
-        timing["time/reward"] = time.time() - t0
-
-        # ---- advantages
-        adv = compute_advantages(res["reward"], cfg.estimator, ref_rewards=ref_rewards, std_eps=cfg.std_eps,
-                                 aapo_std=cfg.aapo_std, aapo_std_eps=cfg.aapo_std_eps, delta_low=cfg.aapo_delta_low,
-                                 delta_high=cfg.aapo_delta_high)  # (B, G) fmt: skip
-        zero_var = res["reward"].std(dim=1) == 0  # (B,)
+        # ---- dynamic sampling (DAPO arXiv:2503.14476v1 Eq. 11, Algorithm 1): rounds of fresh prompts until B live groups
+        used = set(batch_indices(step, len(rows), cfg.prompts_per_step, cfg.seed)[1])  # the step's rows, all ranks'
+        while cfg.dynamic_sampling and len(rounds) <= cfg.dynamic_sampling_rounds:
+            live, drawn = sum(int((~r["dead"]).sum()) for r in rounds), sum(len(r["idx"]) for r in rounds)
+            if all_sum(torch.tensor(float(max(B - live, 0)))).item() == 0:  # all ranks run a round while one is short
+                break
+            r_idx = refill_rows(cfg.seed, step, len(rounds), rank, world, len(rows), used, refill_size(B - live, live, drawn, B))
+            r_tmpl = [refill_template(cfg.seed, step, len(rounds), i, names) if cfg.aug else cfg.template for i in r_idx]
+            used.update(r_idx)
+            rounds.append(rollout_round(cfg, engine, ref_engine, tokenizer, step, len(rounds), rows, r_idx, r_tmpl, ref_cache))
+        slots, surplus = select_slots([r["dead"] for r in rounds])  # round 0's live groups, then refills in order
+        idx, tmpl, prompt_ids, golds, comps, res, adv, dead = (gather([r[k] for r in rounds], slots) for k in (
+            "idx", "tmpl", "prompt_ids", "golds", "comps", "res", "adv", "dead"))  # the B slots' ((B, G) / (B,) / B)
+        res0 = rounds[0]["res"]  # train/reward, accuracy, zero-variance share, AAPO and template metrics: round 0's
+        zero_var = res0["reward"].std(dim=1) == 0  # (B,)
         keep = torch.ones(B, G)  # (B, G) sequences that enter the loss
-        if cfg.dynamic_sampling:  # ALGO: DAPO dynamic sampling, without refilling (deviation 4)
-            keep[zero_var] = 0
+        if cfg.dynamic_sampling:  # ALGO: the dead groups left (all of them with R = 0) out of the loss (deviation 4)
+            keep[dead] = 0
         if cfg.overlong == "mask":  # ALGO: overlong filtering, DAPO Sec. 3.4
             keep = keep * (1 - res["truncated"].float())
 
@@ -975,8 +972,11 @@ def main(argv: list[str] | None = None) -> None:
 
         # ---- metrics (over all ranks), eval, logging, samples, checkpoint
         done, lr = step + 1, optimizer.param_groups[0]["lr"]
-        metrics = step_metrics(cfg, done, epoch, lr, res, adv, zero_var, batch, upd, tmpl, ref_rewards, ref_stats,
-                               timing, t_step)  # fmt: skip
+        ref_stats = {k: (sum if k == "aapo/ref_samples" else max)(r["ref_stats"][k] for r in rounds) for k in rounds[0]["ref_stats"]}
+        metrics = step_metrics(cfg, done, epoch, lr, res0, adv, zero_var, batch, upd, rounds[0]["tmpl"], tmpl,
+                               rounds[0]["ref_rewards"], ref_stats, timing, t_step)  # fmt: skip
+        if cfg.dynamic_sampling:
+            metrics.update(dynamic_metrics(rounds, dead, surplus, cfg.dynamic_sampling_rounds, batch["loss_mask"]))
         if cfg.eval_every > 0 and (done % cfg.eval_every == 0 or done == total_steps):
             t0 = time.time()
             metrics.update(run_eval(cfg, engine, tokenizer, eval_rows))

@@ -5,6 +5,7 @@
     distributed.py   torch.distributed helpers for torchrun        outputs.py      run folder: metrics, samples, checkpoints
     tiny.py          the tiny CPU world (tokenizer, model, task)   kernels/        fused log-prob + entropy (Triton)
     grading.py       verify.grade over worker processes            data.py         the data readers the scripts share
+    dynamic.py       dynamic sampling: dead groups, refill draws   batching.py     micro-batches of a mini-batch (memory)
 
 One package with a name of its own, so that no module here can shadow a library: `kernels` is also Hugging Face's
 kernel hub (which transformers imports), `distributed` is Dask's scheduler. Importing the package imports nothing.

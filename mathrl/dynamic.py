@@ -1,6 +1,7 @@
 """DAPO dynamic sampling with refill (arXiv:2503.14476v1 Sec. 3.2 Eq. 11, Algorithm 1): which groups are dead, which
-fresh prompts a refill round draws, how many, and which groups fill the step's B slots. Pure functions; train.py's
-rollout phase runs the rounds (generation, grading) and the ranks' agreement.
+fresh prompts a refill round draws, how many, and which groups fill the step's B slots. Pure functions, but for
+dynamic_metrics, which all-reduces its counts; train.py's rollout phase runs the rounds (generation, grading) and the
+ranks' agreement. docs/algorithms.md "Dynamic sampling" has the rules and their measurement.
 
 DAPO's constraint 0 < |{o_i : o_i correct}| < G keeps a group only when its accuracy is neither 0 nor 1; here "dead"
 follows the estimator by default (`advantage`: every advantage of the group is zero), so that AAPO's groups whose

@@ -8,12 +8,18 @@ slot order, the surplus and the cap fallback; then tiny runs with refill (slow).
 """
 
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-import train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # torchrun runs this file as a script (no conftest)
+
+import train  # noqa: E402
 from mathrl.dynamic import dead_groups, dead_kinds, dynamic_metrics, gather, refill_rows, refill_size, select_slots
 
 
@@ -154,3 +160,100 @@ def test_config_rounds_checks():
         train.parse_config(["--preset", "tiny", "--dynamic-sampling-metric", "std"])
     cfg = train.parse_config(["--preset", "tiny", "--dynamic-sampling", "--dynamic-sampling-rounds", "3"])
     assert (cfg.dynamic_sampling_rounds, cfg.dynamic_sampling_metric) == (3, "advantage")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tiny runs (slow): refill on a real run and its resume, a constant reward that hits the cap, two gloo ranks of which
+# one refills. Small steps: 8 prompts x 4 samples (GRPO: a group is dead when its 4 rewards agree).
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--preset", "tiny", "--prompts-per-step", "8", "--group-size", "4", "--mini-batch-prompts", "8",
+         "--eval-limit", "16", "--reward-timeout", "60", "--samples-every", "0", "--lr-schedule", "constant",
+         "--dynamic-sampling"]  # fmt: skip
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_train(*flags):
+    proc = subprocess.run([sys.executable, "train.py", *flags], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"train.py {' '.join(flags)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_tiny_refill_run_and_resume(tmp_path):
+    """GRPO with --aug, up to 3 refill rounds: some step needs a second round, every step trains once on B = 8 slots,
+    and a run stopped at step 2 and resumed repeats the uninterrupted one's metrics (time/ and perf/ aside)."""
+    flags = [*SMALL, "--aug", "--dynamic-sampling-rounds", "3", "--eval-every", "2", "--save-every", "2"]
+    run_train(*flags, "--max-steps", "4", "--out", str(tmp_path / "a"))
+    rows = [r for r in read_metrics(tmp_path / "a") if "dynamic/rounds" in r]
+    assert len(rows) == 4 and max(r["dynamic/rounds"] for r in rows) > 1
+    for r in rows:
+        assert r["train/updates"] == 1 and 1 <= r["dynamic/rounds"] <= 4 and r["dynamic/prompts"] >= 8
+        assert (r["dynamic/rounds"] > 1) == (r["dynamic/prompts"] > 8) and r["dynamic/gen_per_trained_token"] >= 1
+        assert r["dynamic/kept_fraction"] == 1.0 or r["dynamic/cap_hit"] == 1.0  # full, or the cap said why not
+    run_train(*flags, "--max-steps", "2", "--out", str(tmp_path / "b"))
+    run_train(*flags, "--max-steps", "4", "--out", str(tmp_path / "b"), "--resume")
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))}  # noqa: E731
+    assert [strip(r) for r in read_metrics(tmp_path / "b")] == [strip(r) for r in read_metrics(tmp_path / "a")]
+
+
+@pytest.mark.slow
+def test_constant_reward_hits_the_cap_without_crashing(tmp_path, monkeypatch):
+    """Every reward 0: every group of every round is dead; after the 2 allowed refill rounds (of a full batch each,
+    no live group seen) the slots keep their masked round-0 groups, the step skips its update and says so."""
+    real = train.step_rewards
+
+    def zero_rewards(cfg, comps, *args):
+        res, ref_rewards, stats = real(cfg, comps, *args)
+        return {k: torch.zeros_like(v) for k, v in res.items()}, ref_rewards, stats
+
+    monkeypatch.setattr(train, "step_rewards", zero_rewards)
+    out = tmp_path / "run"
+    train.main([*SMALL, "--dynamic-sampling-rounds", "2", "--max-steps", "2", "--eval-every", "0", "--out", str(out)])
+    rows = read_metrics(out)
+    assert len(rows) == 2
+    for r in rows:
+        assert r["dynamic/rounds"] == 3 and r["dynamic/cap_hit"] == 1.0 and r["dynamic/kept_fraction"] == 0.0
+        assert r["dynamic/prompts"] == 8 + 8 + 8 and r["dynamic/dead_all_wrong"] == 24 and r["train/updates"] == 0
+
+
+def worker(out: Path, log: Path) -> None:
+    """torchrun entry: train.main with rollout_round patched so that rank 0's groups are always live and rank 1's
+    round-0 groups all dead (its refills live): rank 1 alone needs a refill round, rank 0 must run it with no prompt."""
+    rank, real = int(os.environ["RANK"]), train.rollout_round
+
+    def one_sided(cfg, engine, ref_engine, tokenizer, step, rnd, rows, idx, tmpl, ref_cache):
+        r = real(cfg, engine, ref_engine, tokenizer, step, rnd, rows, idx, tmpl, ref_cache)
+        r["dead"] = torch.full((len(idx),), rank == 1 and rnd == 0)  # (B,)
+        with open(log / f"rank{rank}.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "round": rnd, "rows": list(idx)}) + "\n")
+        return r
+
+    train.rollout_round = one_sided
+    torch.set_num_threads(1)
+    train.main([*SMALL, "--prompts-per-step", "4", "--mini-batch-prompts", "4", "--dynamic-sampling-rounds", "3",
+                "--max-steps", "2", "--eval-every", "0", "--out", str(out)])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_ranks_one_refills(tmp_path):
+    """2 gloo ranks, 2 prompts each: rank 1 refills, rank 0 does not; both run the same rounds (no hang) and the
+    metrics count both ranks."""
+    cmd = [*TORCHRUN, "tests/test_dynamic.py", str(tmp_path / "run"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    calls = [[json.loads(line) for line in (tmp_path / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [(c["step"], c["round"]) for c in calls[0]] == [(0, 0), (0, 1), (1, 0), (1, 1)]  # the same rounds
+    assert [(c["step"], c["round"]) for c in calls[1]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [len(c["rows"]) for c in calls[0]] == [2, 0, 2, 0] and [len(c["rows"]) for c in calls[1]] == [2, 2, 2, 2]
+    assert all(i % 2 == 1 for c in calls[1] if c["round"] == 1 for i in c["rows"])  # rank 1's pool: odd rows
+    for r in read_metrics(tmp_path / "run"):
+        assert r["dynamic/rounds"] == 2 and r["dynamic/prompts"] == 6 and r["dynamic/kept_fraction"] == 1.0
+        assert r["dynamic/surplus"] == 0 and r["dynamic/cap_hit"] == 0 and r["train/updates"] == 1
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]), Path(sys.argv[2]))

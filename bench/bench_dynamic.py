@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="one warm start and six runs each")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--out", default="runs/bench-dynamic", help="folder for runs, table and figure")
+    parser.add_argument("--reuse-runs", action="store_true", help="keep the runs that finished before (summary only)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (wall times grow with it)")
     parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
     args = parser.parse_args(argv)
@@ -95,7 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     def one(job):
         config, seed = job
         folder = out / f"{config}-s{seed}"
-        seconds = train_run([*CONFIGS[config], *args.extra], seed, folder, cache)
+        done = folder / "bench_seconds.txt"  # a finished run: kept with --reuse-runs
+        if not (args.reuse_runs and done.exists()):
+            done.write_text(str(train_run([*CONFIGS[config], *args.extra], seed, folder, cache)))
+        seconds = float(done.read_text())
         r = {"config": config, "seed": seed, "seconds": seconds,
              **summarize(load_metrics(folder), aapo=config.startswith("aapo"))}  # fmt: skip
         print(f"{config}-s{seed}: rounds {r['rounds']:.2f} kept {r['kept']:.2f} final {r['final']:.3f} "

@@ -66,8 +66,8 @@ from mathrl.dynamic import (METRICS, dead_groups, dynamic_metrics, gather, refil
                             select_slots)  # fmt: skip
 from mathrl.outputs import Trackers, checkpoints, dump_samples, log_step, prepare_out, restore_state, save_checkpoint
 from mathrl.grading import grade_batch
-from mathrl.templates import (DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template,
-                              format_score, render)  # fmt: skip
+from mathrl.templates import (ALL_TEMPLATES, CHAIN_DEFAULT_TEMPLATE, CHAIN_TEMPLATES, DEFAULT_TEMPLATE, TEMPLATES,
+                              TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, format_score, render)  # fmt: skip
 
 # Axis legend for shape comments: B prompts per step, G samples per prompt, T response tokens, V vocabulary.
 # A flat batch of sequences is (B*G, ...); P+T is prompt + response length of a padded sequence.
@@ -80,7 +80,7 @@ from mathrl.templates import (DEFAULT_TEMPLATE, TEMPLATES, TINY_DEFAULT_TEMPLATE
 class Config:
     # run
     out: str = "runs/default"  # output folder: metrics.jsonl, samples.jsonl, config.json, checkpoint-<step>/
-    preset: str = "paper"  # paper = the papers' recipe on one GPU (GPU_PRESET; old name 1.5b) | tiny = CPU (tiny.py)
+    preset: str = "paper"  # paper = the papers' recipe on one GPU (GPU_PRESET; old name 1.5b) | tiny, tiny-chain = CPU
     seed: int = 42  # seed of data order, template draws, sampling and init (--preset tiny: also its warm start)
     resume: bool = False  # continue from the latest checkpoint in --out (exactly: same metrics on CPU)
     overwrite: bool = False  # start over in an --out that already holds a run
@@ -182,6 +182,9 @@ TINY_PRESET = dict(
     model="", train_data="", eval_data="",  # empty: filled with the cached tiny world (tiny.prepare) at start-up
 )  # fmt: skip
 # One optimizer step per rollout batch (on-policy) and the cosine decay: measured at the end of docs/tiny.md.
+# --preset tiny-chain: the same model on 3-5 operand sums written out in one of three styles, responses up to 128 tokens
+CHAIN_PRESET = dict(TINY_PRESET, template=CHAIN_DEFAULT_TEMPLATE, eval_template=CHAIN_DEFAULT_TEMPLATE, templates="chain",
+                    max_new_tokens=128, eval_max_new_tokens=128, eval_context=320, max_steps=200)  # fmt: skip
 
 # The paper preset (the default; old name 1.5b): one 80 GB GPU. Memory plan (docs/gpu.md; estimates, unmeasured), of
 # 79.1 GiB: rollouts 73 GiB (trainer 17.2 GiB fp32 weights + AdamW, policy engine 0.7 x 79.1 = 55.4 GiB: ~1.8M tokens
@@ -207,9 +210,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
         else:
             parser.add_argument(flag, type=f.type, default=argparse.SUPPRESS, help=text, metavar=f.type.__name__.upper())
     given = vars(parser.parse_args(argv))
-    presets, cfg = {"paper": GPU_PRESET, "1.5b": GPU_PRESET, "tiny": TINY_PRESET}, Config(**given)
+    presets, cfg = {"paper": GPU_PRESET, "1.5b": GPU_PRESET, "tiny": TINY_PRESET, "tiny-chain": CHAIN_PRESET}, Config(**given)
     if cfg.preset not in presets:
-        raise BadValue(f"--preset {cfg.preset!r}: expected tiny or paper (the default; 1.5b is its old name)")
+        raise BadValue(f"--preset {cfg.preset!r}: expected tiny, tiny-chain or paper (the default; 1.5b is its old name)")
     return check_config(replace(cfg, **{**presets[cfg.preset], **given}))
 
 
@@ -241,13 +244,13 @@ def check_config(cfg: Config) -> Config:
         raise BadValue("--tis-cap and --micro-batch-tokens must be >= 0 (0 = off)")
     if cfg.engine == "vllm":
         model_len(cfg)  # raises when --max-model-len is too short
-    if cfg.preset != "tiny" and not (cfg.model and cfg.train_data):
+    if not cfg.preset.startswith("tiny") and not (cfg.model and cfg.train_data):
         raise BadValue("--model and --train-data must not be empty")
     if cfg.temperature <= 0:
         raise BadValue("--temperature must be > 0 for RL rollouts (greedy samples give zero-variance groups)")
     for name in [cfg.template, cfg.eval_template] + (template_names(cfg) if cfg.aug else []):
-        if name not in TEMPLATES and name not in TINY_TEMPLATES:
-            raise BadValue(f"unknown template {name!r}; known: {', '.join([*TEMPLATES, *TINY_TEMPLATES])}")
+        if name not in ALL_TEMPLATES:
+            raise BadValue(f"unknown template {name!r}; known: {', '.join(ALL_TEMPLATES)}")
     return cfg
 
 
@@ -286,7 +289,7 @@ def pick_device(cfg: Config) -> torch.device:
     """SETUP: --device (auto: CUDA if any). Stops before any download without CUDA (paper preset) or vLLM (vllm)."""
     name = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     if name == "cuda" and not torch.cuda.is_available():
-        if cfg.preset != "tiny":
+        if not cfg.preset.startswith("tiny"):
             raise CannotRun("the paper recipe (Qwen2.5-Math-1.5B, 1,024 responses of <= 3,072 tokens a step) needs a CUDA "
                             "GPU. On a CPU run the tiny preset: python train.py --preset tiny --aug --estimator aapo")
         raise BadValue("--device cuda: no CUDA device is available")
@@ -300,11 +303,9 @@ def pick_device(cfg: Config) -> torch.device:
 
 
 def template_names(cfg: Config) -> list[str]:
-    """The templates drawn from with --aug ("all": the paper's 13; "tiny": the tiny preset's 4)."""
-    if cfg.templates == "all":
-        return list(TEMPLATES)
-    if cfg.templates == "tiny":
-        return list(TINY_TEMPLATES)
+    """The templates drawn from with --aug ("all": the paper's 13; "tiny": the tiny preset's 4; "chain": tiny-chain's 5)."""
+    if cfg.templates in ("all", "tiny", "chain"):
+        return list({"all": TEMPLATES, "tiny": TINY_TEMPLATES, "chain": CHAIN_TEMPLATES}[cfg.templates])
     return [t.strip() for t in cfg.templates.split(",") if t.strip()]
 
 
@@ -856,11 +857,11 @@ def setup_run(cfg: Config, rank: int, world: int):
     Returns cfg (with the tiny world's paths), out, the checkpoint to resume from (or None), templates and run name."""
     out = Path(cfg.out)
     prepare_out(out, cfg.resume, cfg.overwrite, writer=rank == 0)
-    if cfg.preset == "tiny":  # SETUP: the tiny world (warm-started model + data), built once and cached by tiny.py
+    if cfg.preset.startswith("tiny"):  # SETUP: the tiny world (warm-started model + data), built once and cached
         from mathrl import tiny
 
         barrier() if rank > 0 else None  # rank 0 builds it first, the others then read the cache
-        tiny_world = tiny.prepare(seed=cfg.seed, log=print0)  # --seed picks the warm start too (one per seed)
+        tiny_world = tiny.prepare(seed=cfg.seed, settings=tiny.WORLDS[cfg.preset], log=print0)  # one per --seed
         barrier() if rank == 0 else None
         cfg = replace(cfg, model=cfg.model or tiny_world["model"], train_data=cfg.train_data or tiny_world["train"],
                       eval_data=cfg.eval_data or tiny_world["eval"])  # fmt: skip

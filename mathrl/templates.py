@@ -140,7 +140,44 @@ TINY_TEMPLATES = {
 }
 TINY_DEFAULT_TEMPLATE = "tiny-boxed"
 
-ALL_TEMPLATES = {**TEMPLATES, **TINY_TEMPLATES}
+# Templates of the chain world (train.py --preset tiny-chain, tiny.py): multi-step arithmetic with a scratchpad. Five
+# that differ the way the paper's 13 do: where the answer goes (a box, tags, a phrase, an "Answer:" line, "####"), a
+# numbered step list with a prefilled opening, and think/answer tags. Written for this project.
+CHAIN_TEMPLATES = {
+    "chain-boxed": dict(  # like qwen-math: the answer boxed, constant format score
+        system="Put the answer in \\boxed{}.",
+        user_suffix="",
+        prefill="",
+        format=None,
+    ),
+    "chain-think": dict(  # like deepseek-r1-teacher: think/answer tags, the think tag prefilled
+        system="Think in <think></think>, answer in <answer></answer>.",
+        user_suffix="",
+        prefill="<think>",
+        format=("</think>", "<answer>", "</answer>"),
+    ),
+    "chain-final": dict(  # like lm_eval_prompt4: end with "The final answer is:"
+        system="End with: The final answer is: \\boxed{}",
+        user_suffix="",
+        prefill="",
+        format=("The final answer is:",),
+    ),
+    "chain-list": dict(  # a numbered step list, prefilled, the answer on its own line, unboxed
+        system="Solve it in numbered steps.",
+        user_suffix="\nOne step per line, then Answer:",
+        prefill="Step 1: ",
+        format=("\nAnswer: ",),
+    ),
+    "chain-hash": dict(  # like GSM8K: the working, then "#### answer"
+        system="Show the working, then #### and the answer.",
+        user_suffix="",
+        prefill="",
+        format=("\n#### ",),
+    ),
+}
+CHAIN_DEFAULT_TEMPLATE = "chain-boxed"
+
+ALL_TEMPLATES = {**TEMPLATES, **TINY_TEMPLATES, **CHAIN_TEMPLATES}
 
 
 def get_template(name: str) -> dict:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from mathrl.templates import TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, render
+from mathrl.templates import CHAIN_DEFAULT_TEMPLATE, CHAIN_TEMPLATES, TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, render
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 WORD_TOKENS = ["system", "user", "assistant", "<think>", "</think>", "<answer>", "</answer>", "\\boxed{", "The final answer is:"]
@@ -56,12 +57,33 @@ SETTINGS = dict(
     version=2,  # bump when the task or the solution format changes
 )
 
+# The chain world (train.py --preset tiny-chain): the same model family on multi-step arithmetic written as a
+# scratchpad in one of three styles, so that length, truncation and a choice of solution style exist (docs/tiny.md).
+CHAIN_SETTINGS = dict(
+    SETTINGS,
+    task="chain",  # "47+38-21+19=?": 3 to 5 two-digit operands, running values in 0..999
+    operands=(3, 5),  # fewest and most operands of a problem
+    styles={"column": 0.6, "chain": 0.25, "split": 0.15},  # the warm start's mix of solution styles (see chain_work)
+    max_position_embeddings=320,  # prompt (~50) + the longest worked solution (~200) tokens
+    n_train=4000,
+    sft_steps=3000,
+    sft_target=0.3,  # greedy dev accuracy at which the warm start stops: far below what the styles allow
+    sft_check_every=50,
+    sft_check_fine=10,
+    sft_fine_margin=0.1,
+    version=1,
+)
+WORLDS = {"tiny": SETTINGS, "tiny-chain": CHAIN_SETTINGS}  # train.py's --preset -> the world's settings
+STYLES = ("chain", "split", "column")  # the chain world's solution styles (chain_work)
+CHAIN_WORDS = ["Step", "Answer:", "####"]  # single tokens for the chain templates' words
+CHAIN_MAX_NEW_TOKENS = 128  # response tokens (train.py's tiny-chain preset): the longest column solutions are cut
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Tokenizer and model config
 
 
-def build_tokenizer():
+def build_tokenizer(words: list[str] = WORD_TOKENS):
     """A character-level Qwen2Tokenizer: byte-level BPE with the 256 byte symbols as its vocabulary and no merges (so
     every character is one token), the ChatML specials, and the tiny templates' tags as single added tokens.
 
@@ -74,7 +96,7 @@ def build_tokenizer():
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in WORD_TOKENS])  # kept when decoding
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in words])  # kept when decoding
     return tok
 
 
@@ -154,17 +176,147 @@ def worked_solution(problem: str, answer: str, template: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# The chain world's task: several operations, three ways to write them out
+
+
+def make_chain_problems(n_train: int, n_eval: int, seed: int = 0, n_dev: int = 0, operands=(3, 5)) -> tuple[list[dict], ...]:
+    """Disjoint train / held-out (/ dev) lists of {"problem", "answer"}: "47+38-21+19=?", operands-many two-digit
+    numbers joined by + or -, evaluated left to right; a - that would go below 0 becomes a +."""
+    rng = random.Random(f"tiny-chain/{seed}")
+    seen, rows = set(), []
+    while len(rows) < n_train + n_eval + n_dev:
+        value, text = rng.randint(10, 99), ""
+        text = str(value)
+        for _ in range(rng.randint(*operands) - 1):
+            b, op = rng.randint(10, 99), rng.choice("+-")
+            op = "+" if op == "-" and value < b else op
+            value, text = value + b if op == "+" else value - b, f"{text}{op}{b}"
+        if text not in seen:
+            seen.add(text)
+            rows.append({"problem": f"{text}=?", "answer": str(value)})
+    train, held_out, dev = rows[:n_train], rows[n_train : n_train + n_eval], rows[n_train + n_eval :]
+    return (train, held_out, dev) if n_dev else (train, held_out)
+
+
+def chain_terms(problem: str) -> list[int]:
+    """"47+38-21=?" -> [47, 38, -21]."""
+    return [int(t) for t in re.findall(r"[+-]?\d+", problem.rstrip("=?"))]
+
+
+def column_steps(a: int, b: int) -> str:
+    """One operation a + b (b >= 0) or a - |b| (b < 0) worked by columns, units first, carries and borrows spelled
+    out: 485+38 -> "5+8=13, 8+3+1=12, 4+1=5"; 123-45 -> "13-5=8, 12-1-4=7, 1-1=0". a < 1000, |b| < 100."""
+    (a2, a1, a0), (b1, b0) = (a // 100, a // 10 % 10, a % 10), (abs(b) // 10, abs(b) % 10)
+    if b >= 0:
+        s0 = a0 + b0
+        s1 = a1 + b1 + s0 // 10
+        steps = [f"{a0}+{b0}={s0}", f"{a1}+{b1}+1={s1}" if s0 >= 10 else f"{a1}+{b1}={s1}"]
+        return ", ".join(steps + ([f"{a2}+1={a2 + 1}"] if a2 and s1 >= 10 else []))
+    borrow0, borrow1 = a0 < b0, a1 - (a0 < b0) < b1
+    steps = [f"{a0 + 10 * borrow0}-{b0}={a0 + 10 * borrow0 - b0}",
+             f"{a1 + 10 * borrow1}{'-1' if borrow0 else ''}-{b1}={a1 + 10 * borrow1 - borrow0 - b1}"]  # fmt: skip
+    return ", ".join(steps + ([f"{a2}-1={a2 - 1}"] if borrow1 else []))
+
+
+def chain_work(problem: str, style: str) -> list[str]:
+    """The scratchpad of a problem as a list of steps, in one of three styles (all exact, different lengths):
+    chain  (short)  one operation per step, left to right: ["47+38=85", "85-21=64", "64+19=83"]
+    split  (shortest) add the added terms in one go, then the subtracted ones, then subtract: ["47+38+19=104",
+           "104-21=83"] (one step when nothing is subtracted): fewer steps, each harder
+    column (long)   each operation by columns: ["47+38: 7+8=15, 4+3+1=8, so 85", ...]: longest, each step easiest
+    """
+    terms = chain_terms(problem)
+    if style == "split":
+        plus, minus = [t for t in terms if t > 0], [-t for t in terms if t < 0]
+        steps = [f"{'+'.join(map(str, plus))}={sum(plus)}"]
+        if len(minus) > 1:
+            steps.append(f"{'+'.join(map(str, minus))}={sum(minus)}")
+        return steps + ([f"{sum(plus)}-{sum(minus)}={sum(terms)}"] if minus else [])
+    steps, value = [], terms[0]
+    for b in terms[1:]:
+        head = f"{value}{'+' if b >= 0 else '-'}{abs(b)}"
+        if style == "chain":
+            steps.append(f"{head}={value + b}")
+        elif style == "column":
+            steps.append(f"{head}: {column_steps(value, b)}, so {value + b}")
+        else:
+            raise ValueError(f"unknown solution style {style!r}: expected chain, split or column")
+        value += b
+    return steps
+
+
+def chain_solution(problem: str, answer: str, template: str, style: str) -> str:
+    """The response (after the template's prefill): the steps of `style` laid out and answered as `template` asks."""
+    steps = chain_work(problem, style)
+    if template == "chain-list":  # prefill "Step 1: "
+        return "".join(f"\nStep {i + 1}: {s}" if i else s for i, s in enumerate(steps)) + f"\nAnswer: {answer}"
+    work = "; ".join(steps) + "."
+    if template == "chain-think":  # prefill "<think>"
+        return f"{work}</think><answer>\\boxed{{{answer}}}</answer>"
+    if template == "chain-final":
+        return f"{work} The final answer is: \\boxed{{{answer}}}"
+    if template == "chain-hash":
+        return f"{work}\n#### {answer}"
+    if template == "chain-boxed":
+        return f"{work} \\boxed{{{answer}}}"
+    raise ValueError(f"no worked-solution format for template {template!r}")
+
+
+def chain_style(problem: str, response: str) -> str:
+    """Which style a response (after the prefill) starts in: "column", "chain", "split", or "other" (none of their
+    first steps' left-hand sides). Where split's first step is also chain's ("47+38-21": both begin 47+38=), it counts
+    as chain."""
+    heads = {style: chain_work(problem, style)[0].split(":" if style == "column" else "=")[0] for style in STYLES}
+    for style, mark in (("column", ":"), ("chain", "="), ("split", "=")):
+        if response.startswith(heads[style] + mark):
+            return style
+    return "other"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A world's pieces, by its settings ("task" absent: the two-digit world of --preset tiny)
+
+
+def is_chain(settings: dict) -> bool:
+    return settings.get("task") == "chain"
+
+
+def world_words(settings: dict) -> list[str]:
+    return WORD_TOKENS + CHAIN_WORDS if is_chain(settings) else WORD_TOKENS
+
+
+def world_templates(settings: dict) -> tuple[list[str], str]:
+    """(the templates the warm start learns, the template of its dev check and of train.py's evaluation)."""
+    if is_chain(settings):
+        return list(CHAIN_TEMPLATES), CHAIN_DEFAULT_TEMPLATE
+    return list(TINY_TEMPLATES), TINY_DEFAULT_TEMPLATE
+
+
+def world_problems(settings: dict, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
+    n = (settings["n_train"], settings["n_eval"], seed, settings["n_dev"])
+    return make_chain_problems(*n, operands=settings["operands"]) if is_chain(settings) else make_problems(*n)
+
+
+def world_solution(settings: dict, row: dict, template: str, rng: random.Random) -> str:
+    """A worked solution for the warm start; in the chain world its style is drawn from settings["styles"]."""
+    if not is_chain(settings):
+        return worked_solution(row["problem"], row["answer"], template)
+    style = rng.choices(list(settings["styles"]), weights=list(settings["styles"].values()))[0]
+    return chain_solution(row["problem"], row["answer"], template, style)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Warm start (supervised) and cache
 
 
-def sft_batch(tokenizer, rows: list[dict], rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sft_batch(tokenizer, rows: list[dict], rng: random.Random, size: int, settings: dict = SETTINGS):
     """(input_ids, labels), both (N, L): prompt + worked solution + EOS, right-padded; labels -100 except on the
-    response tokens, so only the response is learned (the prompt is given at RL time)."""
-    seqs = []
+    response tokens, so only the response is learned (the prompt is given at RL time). A random template each."""
+    seqs, names = [], world_templates(settings)[0]
     for row in rng.sample(rows, size):
-        template = rng.choice(list(TINY_TEMPLATES))
+        template = rng.choice(names)
         prompt = tokenizer.encode(render(template, row["problem"]), add_special_tokens=False)
-        response = tokenizer.encode(worked_solution(row["problem"], row["answer"], template), add_special_tokens=False)
+        response = tokenizer.encode(world_solution(settings, row, template, rng), add_special_tokens=False)
         seqs.append((prompt, response + [tokenizer.eos_token_id]))
     width = max(len(p) + len(r) for p, r in seqs)
     input_ids = torch.full((size, width), tokenizer.pad_token_id, dtype=torch.long)  # (N, L)
@@ -175,13 +327,13 @@ def sft_batch(tokenizer, rows: list[dict], rng: random.Random, size: int) -> tup
     return input_ids, labels
 
 
-def dev_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 40) -> float:
-    """Greedy accuracy with the default tiny template (the one train.py evaluates with), graded by verify.py."""
+def dev_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 40, template: str = TINY_DEFAULT_TEMPLATE) -> float:
+    """Greedy accuracy with the world's default template (the one train.py evaluates with), graded by verify.py."""
     from mathrl.engine import TransformersEngine
     from mathrl.verify import grade
 
     engine = TransformersEngine(model, tokenizer, batch_size=len(rows))
-    prompts = [tokenizer.encode(render(TINY_DEFAULT_TEMPLATE, r["problem"]), add_special_tokens=False) for r in rows]
+    prompts = [tokenizer.encode(render(template, r["problem"]), add_special_tokens=False) for r in rows]
     completions = engine.generate(prompts, 1, max_new_tokens, temperature=0.0)
     return sum(grade(c[0].text, r["answer"]) for c, r in zip(completions, rows)) / len(rows)
 
@@ -195,6 +347,7 @@ def warm_start(model, tokenizer, rows: list[dict], dev: list[dict], settings: di
     every CPU's rounding), so a fixed count lands anywhere on it. The check runs every sft_check_every steps while
     the accuracy is far below the target, then every sft_check_fine steps, so the stop overshoots by little."""
     rng = random.Random(f"tiny-sft/{seed}")
+    dev_args = dict(max_new_tokens=CHAIN_MAX_NEW_TOKENS, template=CHAIN_DEFAULT_TEMPLATE) if is_chain(settings) else {}
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=settings["sft_lr"], betas=(0.9, 0.98), weight_decay=0.0)
     acc, near = 0.0, False
@@ -202,7 +355,7 @@ def warm_start(model, tokenizer, rows: list[dict], dev: list[dict], settings: di
         model.train()
         for group in opt.param_groups:
             group["lr"] = settings["sft_lr"] * min(1.0, step / settings["sft_warmup"])
-        input_ids, labels = sft_batch(tokenizer, rows, rng, settings["sft_batch"])
+        input_ids, labels = sft_batch(tokenizer, rows, rng, settings["sft_batch"], settings)
         loss = model(input_ids=input_ids, labels=labels).loss  # HF shifts labels by one internally
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -210,7 +363,7 @@ def warm_start(model, tokenizer, rows: list[dict], dev: list[dict], settings: di
         opt.step()
         near = near or acc >= settings["sft_target"] - settings["sft_fine_margin"]  # fine checks from then on
         if step % settings["sft_check_fine" if near else "sft_check_every"] == 0:
-            acc = dev_accuracy(model.eval(), tokenizer, dev)
+            acc = dev_accuracy(model.eval(), tokenizer, dev, **dev_args)
             log(f"warm start step {step:4d} | loss {loss.item():.3f} | dev accuracy {acc:.2f}")
             if acc >= settings["sft_target"]:
                 break
@@ -220,8 +373,14 @@ def warm_start(model, tokenizer, rows: list[dict], dev: list[dict], settings: di
 
 def cache_key(settings: dict, seed: int) -> str:
     """Hash of everything that determines the warm-started model and the data files."""
-    blob = json.dumps({"settings": settings, "seed": seed, "vocab": SPECIAL_TOKENS + WORD_TOKENS, "tokenizer": 2}, sort_keys=True)
+    blob = json.dumps({"settings": settings, "seed": seed, "vocab": SPECIAL_TOKENS + world_words(settings), "tokenizer": 2},
+                      sort_keys=True)  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def world_dir(root: Path, settings: dict, seed: int) -> Path:
+    """The folder of one world's warm start and data in the cache `root`."""
+    return Path(root) / f"{'tiny-chain' if is_chain(settings) else 'tiny'}-{cache_key(settings, seed)}"
 
 
 def default_cache_dir() -> Path:
@@ -243,7 +402,7 @@ def prepare(cache_dir: str | Path | None = None, seed: int = 42, settings: dict 
     later calls return the cached folder.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / f"tiny-{cache_key(settings, seed)}"
+    final = world_dir(root, settings, seed)
     paths = {"model": str(final / "model"), "train": str(final / "train.jsonl"), "eval": str(final / "eval.jsonl")}
     if (final / "done").exists():
         log(f"tiny preset: reusing the cached warm start in {final}")
@@ -251,8 +410,8 @@ def prepare(cache_dir: str | Path | None = None, seed: int = 42, settings: dict 
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     log(f"tiny preset: building the warm start (cached afterwards in {final})")
-    tokenizer = build_tokenizer()
-    train_rows, eval_rows, dev_rows = make_problems(settings["n_train"], settings["n_eval"], seed, settings["n_dev"])
+    tokenizer = build_tokenizer(world_words(settings))
+    train_rows, eval_rows, dev_rows = world_problems(settings, seed)
     model = build_model(tokenizer, settings, seed)
     dev_acc = warm_start(model, tokenizer, train_rows, dev_rows, settings, seed, log)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-tiny-"))

@@ -337,6 +337,15 @@ def test_preset_then_flags():
     assert parse_config([]) == replace(Config(), **train.GPU_PRESET)  # no flags: the paper recipe on one GPU
 
 
+def test_chain_preset_uses_its_own_templates_and_longer_responses():
+    cfg = parse_config(["--preset", "tiny-chain", "--aug"])
+    assert (cfg.template, cfg.eval_template, cfg.max_new_tokens, cfg.device) == ("chain-boxed", "chain-boxed", 128, "cpu")
+    assert train.template_names(cfg) == ["chain-boxed", "chain-think", "chain-final", "chain-list", "chain-hash"]
+    assert parse_config(["--preset", "tiny"]).max_new_tokens == 40  # the tiny preset is unchanged
+    with pytest.raises(ValueError, match="expected tiny, tiny-chain or paper"):
+        parse_config(["--preset", "chain"])
+
+
 def test_help_lists_every_field_comment(capsys):
     helps = field_help()
     assert set(helps) == {f.name for f in fields(Config)}

@@ -1,22 +1,36 @@
 """
-A laptop-scale test of three claims, on the tiny world (tiny.py): long RL on a small fixed training set, as the
-prompt-augmentation paper trains (60 epochs of its data), with and without augmentation, GRPO against AAPO, and AAPO's
-reference rewards sampled fresh every step against cached once per (prompt, template):
+A laptop-scale test of three claims on a tiny world: long RL on a small fixed training set, as the prompt-augmentation
+paper trains (60 epochs of its data), with and without augmentation, GRPO against AAPO, and AAPO's reference rewards
+sampled fresh every step against cached once per (prompt, template). Two worlds (tiny.py): --preset tiny (two-digit
+sums, ~20-token answers; the first study, docs/study.md) and --preset tiny-chain (3-5 operand sums written out in one
+of three styles, 30-160 tokens; docs/study-chain.md):
 
     .venv/bin/python bench/bench_study.py --seeds 1 2 --out runs/study          # 10 runs + 2 warm starts, ~1 h on 2 cores
+    .venv/bin/python bench/bench_study.py --preset tiny-chain --seeds 1 2 3 4 5 --steps 400 --train-size 128 \
+        --out runs/study-chain                                               # the chain study (resumable, many hours)
     .venv/bin/python bench/bench_study.py --seeds 5 --configs grpo --steps 60 --out /tmp/s   # a quick look
 
-The claims, and the rule (fixed before the runs) that turns the numbers into a verdict:
-1. Prompt augmentation (arXiv:2602.03190v1): without it, entropy falls and training on a fixed dataset collapses after
+It resumes where it stopped: a finished run (its folder holds bench_seconds.txt) is read back, not re-run; an
+interrupted run continues from its newest checkpoint (train.py --resume, every --save-every steps); a seed's warm
+start in <out>/cache-s<seed> is reused (a new --out starts from empty caches). So the same command can be re-run
+across sessions until every run is done, and then writes the table.
+
+The claims, and the rules (fixed before the runs; revised before the chain study: the first study used "more than the
+larger seed std" in place of the paired intervals) that turn the numbers into a verdict. An interval is the 95%
+percentile bootstrap interval of a mean over seeds (BOOTSTRAP resamples of the seeds, a fixed RNG); a difference
+between two configurations is paired by seed (the same seed gives both the same warm start, training set and template
+draws):
+1. Prompt augmentation (arXiv:2602.03190): without it, entropy falls and training on a fixed dataset collapses after
    long training; with it, training stays stable. Supported if more no-augmentation runs than augmented runs
-   collapse (criterion below) and the augmented runs end higher on average; not testable at this scale if no run
-   collapses (the horizon or the task cannot provoke it); otherwise not supported.
+   collapse (criterion below) and the interval of the end difference (augmented - not) lies above 0; not testable at
+   this scale if no run collapses; otherwise not supported.
 2. AAPO (arXiv:2505.14264v2): its margin keeps a gradient where GRPO's advantage vanishes (zero-variance groups), so
-   it learns faster and ends higher. Compared without augmentation (aapo vs grpo), and with it. Supported if AAPO
-   ends higher by more than the larger of the two configurations' seed std and gains 15 points over its start in no
-   more steps; not supported otherwise.
-3. This project's `--aapo-ref cache`: learns like `fresh` at about half the rollouts. Supported if the two end within
-   max(2 points, the larger seed std) of each other and cache generates at most 60% of fresh's samples.
+   it learns faster and ends higher. Compared without augmentation (aapo vs grpo), and with it. Supported if the
+   interval of the end difference (aapo - grpo) lies above 0 and AAPO gains 15 points over its start in no more steps
+   (mean over seeds); not supported otherwise.
+3. This project's `--aapo-ref cache`: learns like `fresh` at about half the rollouts. Supported if the interval of the
+   end difference (cache - fresh) lies within +-EQUIVALENT (3 points) and cache generates at most 60% of fresh's
+   samples.
 
 Collapse (fixed before the runs): a run collapses at the first evaluation that is more than COLLAPSE_DROP (10) points
 below the best evaluation so far, if no evaluation within the next RECOVER_STEPS (50) steps (or up to the end of the
@@ -24,13 +38,16 @@ run) comes back within RECOVER_WITHIN (5) points of that best.
 
 Per run: held-out accuracy (greedy, the default template, --eval-limit problems) every --eval-every steps; start, best,
 end (mean of the last three evaluations); collapse step; steps and samples (policy + AAPO reference) until the
-held-out accuracy first gains TARGET_GAIN (15 points) over its start; full-distribution entropy, zero-variance group share, response length and
-training accuracy, each as the mean of the first and of the last WINDOW steps; with --aug, the per-template entropy of
-the last WINDOW steps. Each seed's warm start is built in <out>/cache-s<seed> (from empty unless --reuse-cache); its
+held-out accuracy first gains TARGET_GAIN (15 points) over its start; full-distribution entropy, zero-variance group share, response length,
+truncated share and training accuracy, each as the mean of the first and of the last WINDOW steps; with --aug, the
+per-template entropy of the last WINDOW steps; in the chain world, the share of each solution style among the sampled
+responses that train.py dumps (the first sample of every prompt, every 10 steps) in the first and last WINDOW steps;
+run time (the run's own step and evaluation times, summed over its metrics rows, so it survives a resume). Each seed's
 first --train-size training problems are the fixed training set of every run of that seed.
 
 Writes <out>/<config>-s<seed>/ (train.py run folders), summary.json, table.md (table, claims), curves.png (mean and
-min-max band over seeds) and template_entropy.png (per-template entropy of the augmented runs).
+min-max band over seeds), template_entropy.png (per-template entropy of the augmented runs) and, in the chain world,
+styles.png (style shares over steps, mean over seeds).
 """
 
 import argparse
@@ -45,7 +62,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from bench_tiny import mean_std, parse_configs, seed_cache, train_run  # noqa: E402
+import random  # noqa: E402
+
+from bench_tiny import build_warm_start, mean_std, parse_configs, train_run  # noqa: E402
+from mathrl import tiny  # noqa: E402
 from plot import load_metrics, plot, plot_bands, series  # noqa: E402
 
 CONFIGS = {  # name -> train.py flags (on top of --preset tiny and the study's schedule)
@@ -58,6 +78,7 @@ CONFIGS = {  # name -> train.py flags (on top of --preset tiny and the study's s
 COLLAPSE_DROP, RECOVER_WITHIN, RECOVER_STEPS = 0.10, 0.05, 50  # the collapse criterion (accuracy fractions, steps)
 TARGET_GAIN = 0.15  # held-out gain over the run's start whose first crossing measures sample efficiency
 WINDOW = 20  # steps averaged for the "first" and "last" values of per-step metrics
+BOOTSTRAP, EQUIVALENT = 10_000, 0.03  # resamples per interval; claim 3's equivalence margin (accuracy fraction)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -105,9 +126,47 @@ def summarize_study_run(rows: list[dict], samples_per_step: int) -> dict:
         "template_entropy_last": {t: mean_window(rows, f"template/{t}/entropy", last=True) for t in templates},
     }  # fmt: skip
     for name, key in [("entropy", "train/entropy"), ("zero_var", "train/zero_var_groups"),
-                      ("length", "train/response_len"), ("train_acc", "train/accuracy")]:  # fmt: skip
+                      ("length", "train/response_len"), ("truncated", "train/truncated"),
+                      ("train_acc", "train/accuracy")]:  # fmt: skip
         summary[f"{name}_first"], summary[f"{name}_last"] = mean_window(rows, key, False), mean_window(rows, key, True)
+    summary["run_seconds"] = sum(r.get("time/step", 0) + r.get("time/eval", 0) for r in rows)
     return summary
+
+
+def style_rows(samples: list[dict]) -> list[dict]:
+    """The chain world's style shares per dumped step, as metrics rows {"step", "style/<name>": share} (plot.py reads
+    them like train.py's), from samples.jsonl rows (the problem is read back from the prompt's user turn)."""
+    by_step = {}
+    for s in samples:
+        problem = s["prompt"].split("<|im_start|>user\n")[1].split("\n")[0].split("<|im_end|>")[0]
+        by_step.setdefault(s["step"], []).append(tiny.chain_style(problem, s["response"]))
+    return [{"step": step, **{f"style/{name}": styles.count(name) / len(styles) for name in (*tiny.STYLES, "other")}}
+            for step, styles in sorted(by_step.items())]  # fmt: skip
+
+
+def style_window(rows: list[dict], last: bool) -> dict[str, float]:
+    """Mean style shares over the first (or last) WINDOW steps' dumps."""
+    final = rows[-1]["step"] if rows else 0
+    kept = [r for r in rows if (r["step"] > final - WINDOW if last else r["step"] <= WINDOW)]
+    return {k.split("/")[1]: statistics.mean(r[k] for r in kept) for k in (rows[0] if rows else {}) if k != "step"}
+
+
+def bootstrap(values: list[float], n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of `values` (resampled with replacement, a fixed RNG)."""
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
+
+
+def paired(results: list[dict], a: str, b: str, key: str = "end") -> list[float]:
+    """a's value minus b's, one per seed that ran both."""
+    by_seed = {(r["config"], r["seed"]): r[key] for r in results}
+    return [by_seed[(a, s)] - by_seed[(b, s)] for s in sorted({r["seed"] for r in results}) if (a, s) in by_seed and (b, s) in by_seed]
+
+
+def interval(values: list[float]) -> str:
+    lo, hi = bootstrap(values)
+    return f"[{lo * 100:+.1f}, {hi * 100:+.1f}]"
 
 
 def _col(results: list[dict], config: str, key: str) -> list:
@@ -132,13 +191,15 @@ def claim_augmentation(results: list[dict]) -> str:
     aug = [r for _, c in pairs for r in results if r["config"] == c]
     n_plain, n_aug = sum(r["collapse"] is not None for r in plain), sum(r["collapse"] is not None for r in aug)
     end_plain, end_aug = [r["end"] for r in plain], [r["end"] for r in aug]
+    diffs = [d for c, ca in pairs for d in paired(results, ca, c)]
     ent = lambda rs, k: mean_std([r[k] for r in rs], 1, 3)  # noqa: E731
     numbers = (f"collapsed runs {n_plain}/{len(plain)} without augmentation vs {n_aug}/{len(aug)} with; end "
-               f"{_pts(end_plain)} vs {_pts(end_aug)}; entropy first -> last {WINDOW} steps {ent(plain, 'entropy_first')} -> "
+               f"{_pts(end_plain)} vs {_pts(end_aug)} (paired difference, 95% interval {interval(diffs)} points); "
+               f"entropy first -> last {WINDOW} steps {ent(plain, 'entropy_first')} -> "
                f"{ent(plain, 'entropy_last')} without vs {ent(aug, 'entropy_first')} -> {ent(aug, 'entropy_last')} with")  # fmt: skip
     if n_plain == 0 and n_aug == 0:
         verdict = "not testable at this scale (no run collapsed)"
-    elif n_plain > n_aug and statistics.mean(end_aug) > statistics.mean(end_plain):
+    elif n_plain > n_aug and bootstrap(diffs)[0] > 0:
         verdict = "supported"
     else:
         verdict = "not supported"
@@ -151,13 +212,14 @@ def claim_aapo(results: list[dict]) -> str:
     for a, g in [("aapo", "grpo"), ("aapo-aug", "grpo-aug")]:
         if not (_col(results, a, "end") and _col(results, g, "end")):
             continue
-        (ma, sa), (mg, sg) = _stats(_col(results, a, "end")), _stats(_col(results, g, "end"))
+        diffs = paired(results, a, g)
         reach = {c: [s if s is not None else float("inf") for s in _col(results, c, "steps_to_target")] for c in (a, g)}
-        higher = ma - mg > max(sa, sg)
+        higher = bootstrap(diffs)[0] > 0
         faster = statistics.mean(reach[a]) <= statistics.mean(reach[g])
         verdicts.append(higher and faster)
         fmt = lambda v: "never" if v == float("inf") else f"{v:.0f}"  # noqa: E731
-        clauses.append(f"{a} ends at {_pts(_col(results, a, 'end'))} vs {g} {_pts(_col(results, g, 'end'))}, reaches "
+        clauses.append(f"{a} ends at {_pts(_col(results, a, 'end'))} vs {g} {_pts(_col(results, g, 'end'))} (paired "
+                       f"difference, 95% interval {interval(diffs)} points), reaches "
                        f"+{TARGET_GAIN * 100:.0f} points at step {fmt(statistics.mean(reach[a]))} vs {fmt(statistics.mean(reach[g]))} "
                        f"(mean over seeds), zero-variance groups over the last {WINDOW} steps "
                        f"{mean_std(_col(results, a, 'zero_var_last'), 100, 0)}% vs {mean_std(_col(results, g, 'zero_var_last'), 100, 0)}%")  # fmt: skip
@@ -171,32 +233,38 @@ def claim_cache(results: list[dict]) -> str:
     """Claim 3's verdict sentence: --aapo-ref cache against fresh (both without --aug)."""
     if not (_col(results, "aapo", "end") and _col(results, "aapo-cache", "end")):
         return "Claim 3 (--aapo-ref cache learns like fresh at half the rollouts): not run (needs aapo and aapo-cache)."
-    (mf, sf), (mc, sc) = _stats(_col(results, "aapo", "end")), _stats(_col(results, "aapo-cache", "end"))
+    diffs = paired(results, "aapo-cache", "aapo")
     cost = statistics.mean(_col(results, "aapo-cache", "samples")) / statistics.mean(_col(results, "aapo", "samples"))
-    ok = abs(mc - mf) <= max(0.02, sf, sc) and cost <= 0.6
+    lo, hi = bootstrap(diffs)
+    ok = -EQUIVALENT <= lo and hi <= EQUIVALENT and cost <= 0.6
     return (f"Claim 3 (--aapo-ref cache learns like fresh at half the rollouts): {'supported' if ok else 'not supported'}: "
-            f"cache ends at {_pts(_col(results, 'aapo-cache', 'end'))} vs fresh {_pts(_col(results, 'aapo', 'end'))}, "
+            f"cache ends at {_pts(_col(results, 'aapo-cache', 'end'))} vs fresh {_pts(_col(results, 'aapo', 'end'))} "
+            f"(paired difference, 95% interval {interval(diffs)} points, equivalence within ±{EQUIVALENT * 100:.0f}), "
             f"with {cost:.2f}x fresh's samples generated ({statistics.mean(_col(results, 'aapo-cache', 'samples')):,.0f} "
             f"vs {statistics.mean(_col(results, 'aapo', 'samples')):,.0f} per run).")  # fmt: skip
 
 
 def table(results: list[dict]) -> str:
     """Markdown table, one row per configuration (CONFIGS order): mean +- std over seeds."""
-    lines = ["| configuration | seeds | start (%) | best (%) | end (%) | collapsed | steps to "
+    lines = ["| configuration | seeds | start (%) | best (%) | end (%) | end, 95% interval | collapsed | steps to "
              f"+{TARGET_GAIN * 100:.0f} points | samples per run | entropy first → last | zero-var groups first → last (%) "
-             "| response length last | train accuracy last (%) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|"]  # fmt: skip
+             "| response length first → last | truncated last (%) | train accuracy last (%) | run time (min) |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|---:|---:|---:|"]  # fmt: skip
     for c in [c for c in CONFIGS if _col(results, c, "end")]:
         col = lambda k: _col(results, c, k)  # noqa: E731
         reach = [s for s in col("steps_to_target") if s is not None]
         reached = (mean_std(reach, 1, 0) if reach else "never") + (
             f" ({len(reach)}/{len(col('end'))} runs)" if 0 < len(reach) < len(col("end")) else "")
+        lo, hi = bootstrap(col("end"))
+        minutes = [t / 60 for t in col("run_seconds")]
         lines.append(
             f"| {c} | {len(col('end'))} | {mean_std(col('start'))} | {mean_std(col('best'))} | {mean_std(col('end'))} "
-            f"| {sum(s is not None for s in col('collapse'))}/{len(col('end'))} | {reached} "
+            f"| [{lo * 100:.1f}, {hi * 100:.1f}] | {sum(s is not None for s in col('collapse'))}/{len(col('end'))} | {reached} "
             f"| {statistics.mean(col('samples')):,.0f} | {mean_std(col('entropy_first'), 1, 3)} → {mean_std(col('entropy_last'), 1, 3)} "
             f"| {mean_std(col('zero_var_first'), 100, 0)} → {mean_std(col('zero_var_last'), 100, 0)} "
-            f"| {mean_std(col('length_last'), 1, 1)} | {mean_std(col('train_acc_last'))} |"
+            f"| {mean_std(col('length_first'), 1, 1)} → {mean_std(col('length_last'), 1, 1)} "
+            f"| {mean_std(col('truncated_last'), 100, 1)} | {mean_std(col('train_acc_last'))} "
+            f"| {statistics.mean(minutes):.0f} ({min(minutes):.0f}-{max(minutes):.0f}) |"
         )  # fmt: skip
     return "\n".join(lines)
 
@@ -205,9 +273,9 @@ def table(results: list[dict]) -> str:
 # Running it
 
 
-def fixed_train_set(cache: Path, size: int) -> Path:
-    """The first `size` training problems of the seed's tiny world, as a file of their own."""
-    source = next(cache.glob("tiny-*/train.jsonl"))
+def fixed_train_set(cache: Path, preset: str, seed: int, size: int) -> Path:
+    """The first `size` training problems of the seed's world, as a file of their own."""
+    source = tiny.world_dir(cache, tiny.WORLDS[preset], seed) / "train.jsonl"
     rows = source.read_text().splitlines()[:size]
     if len(rows) < size:
         raise ValueError(f"--train-size {size}: {source} holds only {len(rows)} problems")
@@ -216,25 +284,43 @@ def fixed_train_set(cache: Path, size: int) -> Path:
     return path
 
 
-def run(config: str, seed: int, out: Path, cache: Path, flags: list[str]) -> dict:
-    """One configuration's run in its own folder; its summary row."""
+def run(config: str, seed: int, out: Path, cache: Path, preset: str, flags: list[str]) -> dict:
+    """One configuration's run in its own folder (read back if finished, resumed if interrupted); its summary row."""
     folder = out / f"{config}-s{seed}"
-    seconds = train_run([*CONFIGS[config], *flags], seed, folder, cache)
+    done = folder / "bench_seconds.txt"  # written once the run has finished
+    if not done.exists():
+        seconds = train_run([*CONFIGS[config], *flags], seed, folder, cache, preset, resume=True)
+        done.write_text(f"{seconds:.1f}")
     cfg = json.loads((folder / "config.json").read_text())
-    summary = summarize_study_run(load_metrics(folder), cfg["prompts_per_step"] * cfg["group_size"])
-    return {"config": config, "seed": seed, "seconds": seconds, **summary}
+    rows = load_metrics(folder)
+    summary = summarize_study_run(rows, cfg["prompts_per_step"] * cfg["group_size"])
+    if preset == "tiny-chain":
+        styles = style_rows([json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()])
+        summary["styles_first"], summary["styles_last"] = style_window(styles, False), style_window(styles, True)
+    return {"config": config, "seed": seed, "seconds": float(done.read_text()), **summary}
+
+
+def style_table(results: list[dict]) -> str:
+    """The chain world's style shares (%) in the first and last WINDOW steps, mean over seeds, per configuration."""
+    names = (*tiny.STYLES, "other")
+    lines = ["| configuration | " + " | ".join(f"{n} first → last (%)" for n in names) + " |",
+             "|---|" + "---|" * len(names)]  # fmt: skip
+    for c in [c for c in CONFIGS if _col(results, c, "end")]:
+        share = lambda k, n: statistics.mean(r[k].get(n, 0.0) for r in results if r["config"] == c) * 100  # noqa: E731
+        lines.append(f"| {c} | " + " | ".join(f"{share('styles_first', n):.0f} → {share('styles_last', n):.0f}" for n in names) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", choices=list(tiny.WORLDS), help="the world (train.py --preset)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="one warm start and one run per config each")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--steps", type=int, default=250, help="RL steps per run (16 prompts each)")
     parser.add_argument("--train-size", type=int, default=64, help="problems in the fixed training set")
     parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every N steps")
     parser.add_argument("--eval-limit", type=int, default=600, help="held-out problems per evaluation")
-    parser.add_argument("--out", default="runs/study", help="folder for runs, caches, table and figures")
-    parser.add_argument("--reuse-cache", action="store_true", help="keep <out>/cache-s<seed> if it exists")
+    parser.add_argument("--out", default="runs/study", help="folder for runs, caches, table and figures (kept: resumes)")
     parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
     args = parser.parse_args(argv)
     configs = parse_configs(args.configs, CONFIGS)
@@ -243,38 +329,44 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started, results, warm = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), [], {}
+    chain = args.preset == "tiny-chain"
     for seed in args.seeds:
-        cache, warm[seed] = seed_cache(out, seed, args.reuse_cache)
-        train = fixed_train_set(cache, args.train_size)
+        cache = out / f"cache-s{seed}"  # kept: a re-run reuses the seed's warm start (its build time is in the cache)
+        warm[seed] = build_warm_start(cache, seed, args.preset)
+        train = fixed_train_set(cache, args.preset, seed, args.train_size)
         flags = ["--train-data", str(train), "--lr-schedule", "constant", "--max-steps", str(args.steps),
-                 "--eval-every", str(args.eval_every), "--eval-limit", str(args.eval_limit), "--save-every", "100",
-                 *args.extra]  # fmt: skip
+                 "--eval-every", str(args.eval_every), "--eval-limit", str(args.eval_limit), "--save-every", "50",
+                 *(["--samples-every", "10", "--num-samples", "16"] if chain else []), *args.extra]  # fmt: skip
         print(f"seed {seed}: warm start {warm[seed]:.0f} s; fixed training set {train}", flush=True)
         for config in configs:
-            results.append(run(config, seed, out, cache, flags))
+            results.append(run(config, seed, out, cache, args.preset, flags))
             r = results[-1]
             print(f"{config}-s{seed}: start {r['start']:.3f} best {r['best']:.3f} end {r['end']:.3f} collapse "
-                  f"{r['collapse']} | {r['seconds']:.0f} s", flush=True)  # fmt: skip
+                  f"{r['collapse']} | {r['run_seconds']:.0f} s of steps and evaluations", flush=True)  # fmt: skip
     (out / "summary.json").write_text(json.dumps({"runs": results, "warm_start_seconds": warm}, indent=1))
     import torch
 
     epochs = args.steps * 16 / args.train_size
     header = (f"{started}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, Python "
               f"{platform.python_version()}: `{' '.join(['bench/bench_study.py', *(argv or sys.argv[1:])])}`\n\n"
-              f"{args.steps} steps of 16 prompts x 8 samples on a fixed set of {args.train_size} problems "
-              f"({epochs:.0f} epochs), constant lr; held-out: {args.eval_limit} problems every {args.eval_every} steps. "
-              f"Warm starts (s): " + ", ".join(f"seed {s}: {t:.0f}" for s, t in warm.items()) + "\n\n")  # fmt: skip
+              f"--preset {args.preset}: {args.steps} steps of 16 prompts x 8 samples on a fixed set of {args.train_size} "
+              f"problems ({epochs:.0f} epochs), constant lr; held-out: {args.eval_limit} problems every {args.eval_every} "
+              f"steps. Warm starts (s): " + ", ".join(f"seed {s}: {t:.0f}" for s, t in warm.items()) + "\n\n")  # fmt: skip
     claims = "\n".join(f"- {f(results)}" for f in (claim_augmentation, claim_aapo, claim_cache))
-    text = header + table(results) + "\n\n" + claims + "\n"
+    text = header + table(results) + "\n\n" + (style_table(results) + "\n\n" if chain else "") + claims + "\n"
     (out / "table.md").write_text(text)
     print(text)
-    runs = {f"{r['config']}-s{r['seed']}": load_metrics(out / f"{r['config']}-s{r['seed']}") for r in results}
+    names = [f"{r['config']}-s{r['seed']}" for r in results]
+    runs = {n: load_metrics(out / n) for n in names}
     keys = ["eval/accuracy", "train/accuracy", "train/entropy", "train/zero_var_groups", "train/response_len",
-            "train/adv_abs"]  # fmt: skip
+            "train/truncated" if chain else "train/adv_abs"]  # fmt: skip
     print(f"wrote {plot_bands(runs, keys, out / 'curves.png', smooth_k=10)}")
     aug = {n: rows for n, rows in runs.items() if "-aug-" in n}
     if aug:
         print(f"wrote {plot(aug, ['template/*/entropy', 'template/*/accuracy'], out / 'template_entropy.png', 10)}")
+    if chain:
+        styles = {n: style_rows([json.loads(x) for x in (out / n / "samples.jsonl").read_text().splitlines()]) for n in names}
+        print(f"wrote {plot_bands(styles, [f'style/{s}' for s in (*tiny.STYLES, 'other')], out / 'styles.png', smooth_k=3)}")
 
 
 if __name__ == "__main__":

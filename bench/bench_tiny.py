@@ -94,12 +94,14 @@ def verdict(results: list[dict]) -> str:
             + (f"; below: {', '.join(low)}" if low else "") + (f"; late drop: {', '.join(broke)}" if broke else ""))  # fmt: skip
 
 
-def build_warm_start(cache: Path, seed: int) -> float:
-    """Build the seed's tiny world in `cache` (in a subprocess, as train.py would); returns the seconds it took."""
-    t0 = time.time()
-    code = f"import tiny; tiny.prepare({str(cache)!r}, seed={seed})"
+def build_warm_start(cache: Path, seed: int, preset: str = "tiny") -> float:
+    """Build the seed's world of `preset` (tiny or tiny-chain) in `cache`, in a subprocess as train.py would; returns
+    the seconds its build took, read from the cache (a warm start built earlier reports its own build time)."""
+    from mathrl import tiny
+
+    code = f"from mathrl import tiny; tiny.prepare({str(cache)!r}, seed={seed}, settings=tiny.WORLDS[{preset!r}])"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
-    return time.time() - t0
+    return json.loads((tiny.world_dir(cache, tiny.WORLDS[preset], seed) / "done").read_text())["seconds"]
 
 
 def parse_configs(text: str, known: dict) -> list[str]:
@@ -110,19 +112,23 @@ def parse_configs(text: str, known: dict) -> list[str]:
     return configs
 
 
-def seed_cache(out: Path, seed: int, reuse: bool) -> tuple[Path, float]:
+def seed_cache(out: Path, seed: int, reuse: bool, preset: str = "tiny") -> tuple[Path, float]:
     """<out>/cache-s<seed> holding the seed's warm start, built from an empty folder unless `reuse`; (it, seconds)."""
     cache = out / f"cache-s{seed}"
     if not reuse:
         shutil.rmtree(cache, ignore_errors=True)  # an empty cache: the warm start is built anew
-    return cache, build_warm_start(cache, seed)
+    return cache, build_warm_start(cache, seed, preset)
 
 
-def train_run(flags: list[str], seed: int, folder: Path, cache: Path) -> float:
-    """One `train.py --preset tiny` run into `folder` (log beside it, <folder>.log) on the seed's cache; its seconds."""
-    cmd = [sys.executable, "train.py", "--preset", "tiny", *flags, "--seed", str(seed), "--out", str(folder), "--overwrite"]
+def train_run(flags: list[str], seed: int, folder: Path, cache: Path, preset: str = "tiny", resume: bool = False) -> float:
+    """One `train.py --preset <preset>` run into `folder` (log beside it, <folder>.log) on the seed's cache; its
+    seconds. resume: continue from the folder's newest checkpoint if it has one (else start over)."""
+    from mathrl.outputs import checkpoints
+
+    again = "--resume" if resume and folder.exists() and checkpoints(folder) else "--overwrite"
+    cmd = [sys.executable, "train.py", "--preset", preset, *flags, "--seed", str(seed), "--out", str(folder), again]
     t0 = time.time()
-    with open(f"{folder}.log", "w") as log:
+    with open(f"{folder}.log", "a" if again == "--resume" else "w") as log:
         proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "MATHRL_CACHE": str(cache)}, stdout=log, stderr=log)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {folder}.log")

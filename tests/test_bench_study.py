@@ -8,7 +8,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from bench_study import claim_aapo, claim_augmentation, claim_cache, collapse_step, summarize_study_run, table  # noqa: E402
+from bench_study import (bootstrap, claim_aapo, claim_augmentation, claim_cache, collapse_step, paired, style_rows,  # noqa: E402
+                         style_table, style_window, summarize_study_run, table)  # fmt: skip
 
 
 def test_collapse_needs_a_drop_that_does_not_recover():
@@ -55,7 +56,8 @@ def test_summary_hand_computed():
 def _result(config, seed, end, collapse=None, samples=1000, reach=20):
     return {"config": config, "seed": seed, "start": 0.5, "best": end, "end": end, "collapse": collapse,
             "steps_to_target": reach, "samples": samples, "entropy_first": 0.1, "entropy_last": 0.05,
-            "zero_var_first": 0.1, "zero_var_last": 0.5, "length_last": 20.0, "train_acc_last": 0.9}  # fmt: skip
+            "zero_var_first": 0.1, "zero_var_last": 0.5, "length_first": 30.0, "length_last": 20.0,
+            "truncated_last": 0.01, "train_acc_last": 0.9, "run_seconds": 600.0}  # fmt: skip
 
 
 def test_claim_rules():
@@ -77,8 +79,48 @@ def test_claim_rules():
 
     fresh = [_result("aapo", 1, 0.80, samples=2000), _result("aapo", 2, 0.82, samples=2000)]
     cache = [_result("aapo-cache", 1, 0.81, samples=1100), _result("aapo-cache", 2, 0.80, samples=1100)]
-    assert "supported: cache ends at 80.5 ± 0.7% vs fresh 81.0 ± 1.4%, with 0.55x" in claim_cache(fresh + cache)
+    # paired by seed: +1 and -2 points; the interval [-2.0, +1.0] lies within +-3
+    assert ("supported: cache ends at 80.5 ± 0.7% vs fresh 81.0 ± 1.4% (paired difference, 95% interval [-2.0, +1.0] "
+            "points, equivalence within ±3), with 0.55x") in claim_cache(fresh + cache)
+    assert "not supported" in claim_cache(fresh + [dict(r, end=r["end"] + 0.04) for r in cache])  # higher by 3-5 points
     assert "not supported" in claim_cache(fresh + [dict(r, samples=1500) for r in cache])  # 0.75x: not half
     assert "not supported" in claim_cache(fresh + [dict(r, end=0.7) for r in cache])  # learns worse
     rows = table(fresh + cache).splitlines()
-    assert len(rows) == 4 and rows[2].startswith("| aapo | 2 | 50.0 ± 0.0 | 81.0 ± 1.4 | 81.0 ± 1.4 | 0/2 | 20 ± 0 | 2,000 |")
+    assert len(rows) == 4 and rows[2].startswith("| aapo | 2 | 50.0 ± 0.0 | 81.0 ± 1.4 | 81.0 ± 1.4 | [80.0, 82.0] | 0/2 | 20 ± 0 | 2,000 |")
+    assert rows[2].endswith("| 30.0 ± 0.0 → 20.0 ± 0.0 | 1.0 ± 0.0 | 90.0 ± 0.0 | 10 (10-10) |")
+
+
+def test_bootstrap_and_pairing_by_seed():
+    assert bootstrap([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    lo, hi = bootstrap([0.0, 1.0])  # resamples of two values: means 0, 0.5 or 1 (1/4, 1/2, 1/4)
+    assert (lo, hi) == (0.0, 1.0)
+    lo, hi = bootstrap([0.60, 0.62, 0.64, 0.66, 0.68])
+    assert 0.60 < lo < 0.64 < hi < 0.68 and bootstrap([0.60, 0.62, 0.64, 0.66, 0.68]) == (lo, hi)  # a fixed RNG
+    results = [_result("aapo", 1, 0.8), _result("aapo", 2, 0.7), _result("grpo", 2, 0.6), _result("grpo", 1, 0.75),
+               _result("grpo", 3, 0.1)]  # fmt: skip
+    assert paired(results, "aapo", "grpo") == pytest.approx([0.05, 0.1])  # seeds 1, 2; seed 3 has no aapo run
+
+
+def test_augmentation_needs_the_paired_interval_above_zero():
+    """More no-augmentation runs collapse, but augmentation ends higher on one seed and lower on the other: the
+    interval of the paired difference holds 0, so the claim is not supported."""
+    plain = [_result("grpo", 1, 0.70, collapse=120), _result("grpo", 2, 0.72)]
+    aug = [_result("grpo-aug", 1, 0.80), _result("grpo-aug", 2, 0.62)]
+    assert "not supported" in claim_augmentation(plain + aug) and "[-10.0, +10.0]" in claim_augmentation(plain + aug)
+
+
+def test_style_shares_from_dumped_samples():
+    def sample(step, problem, response):
+        return {"step": step, "prompt": f"<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n{problem}\nOne step"
+                f"<|im_end|>\n<|im_start|>assistant\nStep 1: ", "response": response}  # fmt: skip
+
+    p = "47+38-21+19=?"
+    samples = [sample(10, p, "47+38=85\nStep 2: 85-21=64"), sample(10, p, "47+38+19=104"), sample(20, p, "47+38: 7+8=15"),
+               sample(20, p, "104"), sample(30, "12+34+50=?", "12+34+50=96")]  # fmt: skip
+    rows = style_rows(samples)
+    assert rows[0] == {"step": 10, "style/chain": 0.5, "style/split": 0.5, "style/column": 0.0, "style/other": 0.0}
+    assert rows[1]["style/column"] == 0.5 and rows[1]["style/other"] == 0.5 and rows[2]["style/split"] == 1.0
+    assert style_window(rows, last=False) == {"chain": 0.25, "split": 0.25, "column": 0.25, "other": 0.25}  # steps <= 20
+    assert style_window(rows, last=True) == {"chain": 0.0, "split": 0.5, "column": 0.25, "other": 0.25}  # steps 20, 30
+    results = [dict(_result("grpo", 1, 0.7), styles_first={"chain": 0.5, "split": 0.5}, styles_last={"column": 1.0})]
+    assert style_table(results).splitlines()[2] == "| grpo | 50 → 0 | 50 → 0 | 0 → 100 | 0 → 0 |"

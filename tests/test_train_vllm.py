@@ -149,7 +149,7 @@ def test_vllm_config_errors_and_the_paper_preset():
     assert cfg.preset == "paper" and cfg.gpu_memory_utilization == 0.7 and cfg.vllm_sleep_level == 2
     assert train.parse_config(["--preset", "1.5b"]) == train.replace(train.parse_config([]), preset="1.5b")  # alias
     assert train.parse_config(["--micro-batch-tokens", "0"]).micro_batch_tokens == 0  # flags win
-    with pytest.raises(ValueError, match="expected tiny or paper"):
+    with pytest.raises(ValueError, match="expected tiny, tiny-chain or paper"):
         train.parse_config(["--preset", "7b"])
 
 

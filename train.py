@@ -66,8 +66,8 @@ from mathrl.dynamic import (METRICS, dead_groups, dynamic_metrics, gather, refil
                             select_slots)  # fmt: skip
 from mathrl.outputs import Trackers, checkpoints, dump_samples, log_step, prepare_out, restore_state, save_checkpoint
 from mathrl.grading import grade_batch
-from mathrl.templates import (ALL_TEMPLATES, CHAIN_DEFAULT_TEMPLATE, CHAIN_TEMPLATES, DEFAULT_TEMPLATE, TEMPLATES,
-                              TINY_DEFAULT_TEMPLATE, TINY_TEMPLATES, draw_template, format_score, render)  # fmt: skip
+from mathrl.templates import (ALL_TEMPLATES, CHAIN_DEFAULT_TEMPLATE, DEFAULT_TEMPLATE, TEMPLATE_SETS,
+                              TINY_DEFAULT_TEMPLATE, draw_template, format_score, render)  # fmt: skip
 
 # Axis legend for shape comments: B prompts per step, G samples per prompt, T response tokens, V vocabulary.
 # A flat batch of sequences is (B*G, ...); P+T is prompt + response length of a padded sequence.
@@ -182,7 +182,7 @@ TINY_PRESET = dict(
     model="", train_data="", eval_data="",  # empty: filled with the cached tiny world (tiny.prepare) at start-up
 )  # fmt: skip
 # One optimizer step per rollout batch (on-policy) and the cosine decay: measured at the end of docs/tiny.md.
-# --preset tiny-chain: the same model on 3-5 operand sums written out in one of three styles, responses up to 128 tokens
+# --preset tiny-chain: 3-5 operand sums in one of three written-out styles, responses up to 128 tokens (docs/tiny.md)
 CHAIN_PRESET = dict(TINY_PRESET, template=CHAIN_DEFAULT_TEMPLATE, eval_template=CHAIN_DEFAULT_TEMPLATE, templates="chain",
                     max_new_tokens=128, eval_max_new_tokens=128, eval_context=320, max_steps=200)  # fmt: skip
 
@@ -304,9 +304,8 @@ def pick_device(cfg: Config) -> torch.device:
 
 def template_names(cfg: Config) -> list[str]:
     """The templates drawn from with --aug ("all": the paper's 13; "tiny": the tiny preset's 4; "chain": tiny-chain's 5)."""
-    if cfg.templates in ("all", "tiny", "chain"):
-        return list({"all": TEMPLATES, "tiny": TINY_TEMPLATES, "chain": CHAIN_TEMPLATES}[cfg.templates])
-    return [t.strip() for t in cfg.templates.split(",") if t.strip()]
+    named = TEMPLATE_SETS.get(cfg.templates)  # a whole set, else a comma-separated list of names
+    return list(named) if named is not None else [t.strip() for t in cfg.templates.split(",") if t.strip()]
 
 
 def filter_long_prompts(rows: list[dict], tokenizer, names: list[str], max_tokens: int) -> tuple[list[dict], int]:

@@ -178,6 +178,7 @@ CHAIN_TEMPLATES = {
 CHAIN_DEFAULT_TEMPLATE = "chain-boxed"
 
 ALL_TEMPLATES = {**TEMPLATES, **TINY_TEMPLATES, **CHAIN_TEMPLATES}
+TEMPLATE_SETS = {"all": TEMPLATES, "tiny": TINY_TEMPLATES, "chain": CHAIN_TEMPLATES}  # --templates names of whole sets
 
 
 def get_template(name: str) -> dict:

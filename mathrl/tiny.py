@@ -179,13 +179,13 @@ def worked_solution(problem: str, answer: str, template: str) -> str:
 # The chain world's task: several operations, three ways to write them out
 
 
-def make_chain_problems(n_train: int, n_eval: int, seed: int = 0, n_dev: int = 0, operands=(3, 5)) -> tuple[list[dict], ...]:
+def make_chain_problems(n_train: int, n_eval: int, seed: int = 0, n_dev: int = 0, operands=(3, 5)) -> tuple:
     """Disjoint train / held-out (/ dev) lists of {"problem", "answer"}: "47+38-21+19=?", operands-many two-digit
     numbers joined by + or -, evaluated left to right; a - that would go below 0 becomes a +."""
     rng = random.Random(f"tiny-chain/{seed}")
     seen, rows = set(), []
     while len(rows) < n_train + n_eval + n_dev:
-        value, text = rng.randint(10, 99), ""
+        value = rng.randint(10, 99)
         text = str(value)
         for _ in range(rng.randint(*operands) - 1):
             b, op = rng.randint(10, 99), rng.choice("+-")
@@ -327,7 +327,7 @@ def sft_batch(tokenizer, rows: list[dict], rng: random.Random, size: int, settin
     return input_ids, labels
 
 
-def dev_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 40, template: str = TINY_DEFAULT_TEMPLATE) -> float:
+def dev_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 40, template=TINY_DEFAULT_TEMPLATE) -> float:
     """Greedy accuracy with the world's default template (the one train.py evaluates with), graded by verify.py."""
     from mathrl.engine import TransformersEngine
     from mathrl.verify import grade
@@ -373,8 +373,8 @@ def warm_start(model, tokenizer, rows: list[dict], dev: list[dict], settings: di
 
 def cache_key(settings: dict, seed: int) -> str:
     """Hash of everything that determines the warm-started model and the data files."""
-    blob = json.dumps({"settings": settings, "seed": seed, "vocab": SPECIAL_TOKENS + world_words(settings), "tokenizer": 2},
-                      sort_keys=True)  # fmt: skip
+    vocab = SPECIAL_TOKENS + world_words(settings)
+    blob = json.dumps({"settings": settings, "seed": seed, "vocab": vocab, "tokenizer": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -341,7 +341,9 @@ def test_chain_preset_uses_its_own_templates_and_longer_responses():
     cfg = parse_config(["--preset", "tiny-chain", "--aug"])
     assert (cfg.template, cfg.eval_template, cfg.max_new_tokens, cfg.device) == ("chain-boxed", "chain-boxed", 128, "cpu")
     assert train.template_names(cfg) == ["chain-boxed", "chain-think", "chain-final", "chain-list", "chain-hash"]
-    assert parse_config(["--preset", "tiny"]).max_new_tokens == 40  # the tiny preset is unchanged
+    assert cfg.micro_batch_tokens == 4096  # length-sorted micro-batches: less padding, the same loss (test above)
+    tiny = parse_config(["--preset", "tiny"])
+    assert (tiny.max_new_tokens, tiny.micro_batch_tokens, tiny.micro_batch_size) == (40, 0, 128)  # tiny unchanged
     with pytest.raises(ValueError, match="expected tiny, tiny-chain or paper"):
         parse_config(["--preset", "chain"])
 

@@ -57,6 +57,7 @@ import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-size", type=int, default=64, help="problems in the fixed training set")
     parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every N steps")
     parser.add_argument("--eval-limit", type=int, default=600, help="held-out problems per evaluation")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (cores/jobs threads each)")
     parser.add_argument("--out", default="runs/study", help="folder for runs, caches, table and figures (kept: resumes)")
     parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
     args = parser.parse_args(argv)
@@ -328,21 +330,30 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--train-size {args.train_size}: need at least 16 (the prompts of one step)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started, results, warm = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), [], {}
+    started, warm = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), {}
     chain = args.preset == "tiny-chain"
-    for seed in args.seeds:
-        cache = out / f"cache-s{seed}"  # kept: a re-run reuses the seed's warm start (its build time is in the cache)
+    if args.jobs > 1:  # each job gets its share of the cores: more threads than cores slows every job several-fold
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
+
+    def warm_start(seed: int) -> tuple[int, list[str]]:  # the seed's warm start (built once, kept) and its run flags
+        cache = out / f"cache-s{seed}"
         warm[seed] = build_warm_start(cache, seed, args.preset)
         train = fixed_train_set(cache, args.preset, seed, args.train_size)
-        flags = ["--train-data", str(train), "--lr-schedule", "constant", "--max-steps", str(args.steps),
-                 "--eval-every", str(args.eval_every), "--eval-limit", str(args.eval_limit), "--save-every", "50",
-                 *(["--samples-every", "10", "--num-samples", "16"] if chain else []), *args.extra]  # fmt: skip
         print(f"seed {seed}: warm start {warm[seed]:.0f} s; fixed training set {train}", flush=True)
-        for config in configs:
-            results.append(run(config, seed, out, cache, args.preset, flags))
-            r = results[-1]
-            print(f"{config}-s{seed}: start {r['start']:.3f} best {r['best']:.3f} end {r['end']:.3f} collapse "
-                  f"{r['collapse']} | {r['run_seconds']:.0f} s of steps and evaluations", flush=True)  # fmt: skip
+        return seed, ["--train-data", str(train), "--lr-schedule", "constant", "--max-steps", str(args.steps),
+                      "--eval-every", str(args.eval_every), "--eval-limit", str(args.eval_limit), "--save-every", "50",
+                      *(["--samples-every", "10", "--num-samples", "16"] if chain else []), *args.extra]  # fmt: skip
+
+    def one(job: tuple[str, int, list[str]]) -> dict:
+        config, seed, flags = job
+        r = run(config, seed, out, out / f"cache-s{seed}", args.preset, flags)
+        print(f"{config}-s{seed}: start {r['start']:.3f} best {r['best']:.3f} end {r['end']:.3f} collapse "
+              f"{r['collapse']} | {r['run_seconds']:.0f} s of steps and evaluations", flush=True)  # fmt: skip
+        return r
+
+    with ThreadPoolExecutor(args.jobs) as pool:  # warm starts and runs are subprocesses: --jobs of them at a time
+        flags = dict(pool.map(warm_start, args.seeds))
+        results = list(pool.map(one, [(c, s, flags[s]) for s in args.seeds for c in configs]))
     (out / "summary.json").write_text(json.dumps({"runs": results, "warm_start_seconds": warm}, indent=1))
     import torch
 
@@ -351,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{platform.python_version()}: `{' '.join(['bench/bench_study.py', *(argv or sys.argv[1:])])}`\n\n"
               f"--preset {args.preset}: {args.steps} steps of 16 prompts x 8 samples on a fixed set of {args.train_size} "
               f"problems ({epochs:.0f} epochs), constant lr; held-out: {args.eval_limit} problems every {args.eval_every} "
-              f"steps. Warm starts (s): " + ", ".join(f"seed {s}: {t:.0f}" for s, t in warm.items()) + "\n\n")  # fmt: skip
+              f"steps. Warm starts (s): " + ", ".join(f"seed {s}: {t:.0f}" for s, t in sorted(warm.items())) + "\n\n")  # fmt: skip
     claims = "\n".join(f"- {f(results)}" for f in (claim_augmentation, claim_aapo, claim_cache))
     text = header + table(results) + "\n\n" + (style_table(results) + "\n\n" if chain else "") + claims + "\n"
     (out / "table.md").write_text(text)

@@ -6,8 +6,8 @@ sums, ~20-token answers; the first study, docs/study.md) and --preset tiny-chain
 of three styles, 30-160 tokens; docs/study-chain.md):
 
     .venv/bin/python bench/bench_study.py --seeds 1 2 --out runs/study          # 10 runs + 2 warm starts, ~1 h on 2 cores
-    .venv/bin/python bench/bench_study.py --preset tiny-chain --seeds 1 2 3 4 5 --steps 400 --train-size 128 \
-        --out runs/study-chain                                               # the chain study (resumable, many hours)
+    .venv/bin/python bench/bench_study.py --preset tiny-chain --seeds 1 2 3 4 5 --steps 600 --train-size 128 \
+        --eval-every 20 --eval-limit 400 --jobs 2 --out runs/study-chain     # the chain study (resumable, ~10 h)
     .venv/bin/python bench/bench_study.py --seeds 5 --configs grpo --steps 60 --out /tmp/s   # a quick look
 
 It resumes where it stopped: a finished run (its folder holds bench_seconds.txt) is read back, not re-run; an

@@ -57,7 +57,7 @@ import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -352,8 +352,11 @@ def main(argv: list[str] | None = None) -> None:
         return r
 
     with ThreadPoolExecutor(args.jobs) as pool:  # warm starts and runs are subprocesses: --jobs of them at a time
-        flags = dict(pool.map(warm_start, args.seeds))
-        results = list(pool.map(one, [(c, s, flags[s]) for s in args.seeds for c in configs]))
+        futures = {}  # (config, seed) -> its run, queued as soon as the seed's warm start is ready
+        for ready in as_completed([pool.submit(warm_start, s) for s in args.seeds]):
+            seed, flags = ready.result()
+            futures |= {(c, seed): pool.submit(one, (c, seed, flags)) for c in configs}
+        results = [futures[c, s].result() for s in args.seeds for c in configs]
     (out / "summary.json").write_text(json.dumps({"runs": results, "warm_start_seconds": warm}, indent=1))
     import torch
 

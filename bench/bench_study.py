@@ -67,6 +67,7 @@ import random  # noqa: E402
 
 from bench_tiny import build_warm_start, mean_std, parse_configs, train_run  # noqa: E402
 from mathrl import tiny  # noqa: E402
+from mathrl.templates import CHAIN_DEFAULT_TEMPLATE  # noqa: E402
 from plot import load_metrics, plot, plot_bands, series  # noqa: E402
 
 CONFIGS = {  # name -> train.py flags (on top of --preset tiny and the study's schedule)
@@ -136,12 +137,17 @@ def summarize_study_run(rows: list[dict], samples_per_step: int) -> dict:
 
 def style_rows(samples: list[dict]) -> list[dict]:
     """The chain world's style shares per dumped step, as metrics rows {"step", "style/<name>": share} (plot.py reads
-    them like train.py's), from samples.jsonl rows (the problem is read back from the prompt's user turn)."""
-    by_step = {}
+    them like train.py's), from samples.jsonl rows (the problem is read back from the prompt's user turn); and
+    "answer/boxed", the share of the evaluation template's responses that box their answer (where that step has any):
+    the held-out grader reads boxed answers only, the training reward also the last number (docs/study-chain.md)."""
+    by_step, boxed = {}, {}
     for s in samples:
         problem = s["prompt"].split("<|im_start|>user\n")[1].split("\n")[0].split("<|im_end|>")[0]
         by_step.setdefault(s["step"], []).append(tiny.chain_style(problem, s["response"]))
-    return [{"step": step, **{f"style/{name}": styles.count(name) / len(styles) for name in (*tiny.STYLES, "other")}}
+        if s.get("template") == CHAIN_DEFAULT_TEMPLATE:
+            boxed.setdefault(s["step"], []).append("\\boxed{" in s["response"])
+    return [{"step": step, **{f"style/{name}": styles.count(name) / len(styles) for name in (*tiny.STYLES, "other")},
+             **({"answer/boxed": statistics.mean(boxed[step])} if step in boxed else {})}
             for step, styles in sorted(by_step.items())]  # fmt: skip
 
 
@@ -149,7 +155,8 @@ def style_window(rows: list[dict], last: bool) -> dict[str, float]:
     """Mean style shares over the first (or last) WINDOW steps' dumps."""
     final = rows[-1]["step"] if rows else 0
     kept = [r for r in rows if (r["step"] > final - WINDOW if last else r["step"] <= WINDOW)]
-    return {k.split("/")[1]: statistics.mean(r[k] for r in kept) for k in (rows[0] if rows else {}) if k != "step"}
+    keys = dict.fromkeys(k for r in kept for k in r if k != "step")  # in order; answer/boxed only where measured
+    return {k.split("/")[1]: statistics.mean(r[k] for r in kept if k in r) for k in keys}
 
 
 def bootstrap(values: list[float], n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
@@ -302,8 +309,9 @@ def run(config: str, seed: int, out: Path, cache: Path, preset: str, flags: list
 
 
 def style_table(results: list[dict]) -> str:
-    """The chain world's style shares (%) in the first and last WINDOW steps, mean over seeds, per configuration."""
-    names = (*tiny.STYLES, "other")
+    """The chain world's style shares and boxed-answer share (%) in the first and last WINDOW steps, mean over seeds,
+    per configuration."""
+    names = (*tiny.STYLES, "other", "boxed")
     lines = ["| configuration | " + " | ".join(f"{n} first → last (%)" for n in names) + " |",
              "|---|" + "---|" * len(names)]  # fmt: skip
     for c in [c for c in CONFIGS if _col(results, c, "end")]:
@@ -380,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {plot(aug, ['template/*/entropy', 'template/*/accuracy'], out / 'template_entropy.png', 10)}")
     if chain:
         styles = {n: style_rows([json.loads(x) for x in (out / n / "samples.jsonl").read_text().splitlines()]) for n in names}
-        print(f"wrote {plot_bands(styles, [f'style/{s}' for s in (*tiny.STYLES, 'other')], out / 'styles.png', smooth_k=3)}")
+        keys = [f"style/{s}" for s in (*tiny.STYLES, "other")] + ["answer/boxed"]
+        print(f"wrote {plot_bands(styles, keys, out / 'styles.png', smooth_k=3)}")
 
 
 if __name__ == "__main__":

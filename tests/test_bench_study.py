@@ -123,4 +123,21 @@ def test_style_shares_from_dumped_samples():
     assert style_window(rows, last=False) == {"chain": 0.25, "split": 0.25, "column": 0.25, "other": 0.25}  # steps <= 20
     assert style_window(rows, last=True) == {"chain": 0.0, "split": 0.5, "column": 0.25, "other": 0.25}  # steps 20, 30
     results = [dict(_result("grpo", 1, 0.7), styles_first={"chain": 0.5, "split": 0.5}, styles_last={"column": 1.0})]
-    assert style_table(results).splitlines()[2] == "| grpo | 50 → 0 | 50 → 0 | 0 → 100 | 0 → 0 |"
+    assert style_table(results).splitlines()[2] == "| grpo | 50 → 0 | 50 → 0 | 0 → 100 | 0 → 0 | 0 → 0 |"
+
+
+def test_boxed_share_counts_the_evaluation_templates_samples_only():
+    """answer/boxed: the share of chain-boxed responses holding a \\boxed{}, per step where chain-boxed was sampled
+    (the long run's held-out collapse was the box disappearing, docs/study-chain.md); other templates do not count."""
+    def sample(step, template, response):
+        return {"step": step, "template": template, "response": response,
+                "prompt": "<|im_start|>user\n12+34+50=?<|im_end|>\n<|im_start|>assistant\n"}  # fmt: skip
+
+    samples = [sample(10, "chain-boxed", "12+34+50=96. \\boxed{96}"), sample(10, "chain-boxed", "so 96}"),
+               sample(10, "chain-hash", "12+34+50=96. #### 96"), sample(20, "chain-boxed", "so 96}"),
+               sample(30, "chain-list", "12+34+50=96\nAnswer: 96")]  # fmt: skip
+    rows = style_rows(samples)
+    assert [r.get("answer/boxed") for r in rows] == [0.5, 0.0, None]  # step 30 sampled no chain-boxed prompt
+    assert rows[0]["style/split"] == 2 / 3  # styles still count every sample
+    assert style_window(rows, last=False)["boxed"] == 0.25  # mean over the steps that measured it (10, 20)
+    assert style_window(rows, last=True)["boxed"] == 0.0  # steps 20 and 30: only step 20 measured it

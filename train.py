@@ -182,11 +182,9 @@ TINY_PRESET = dict(
     model="", train_data="", eval_data="",  # empty: filled with the cached tiny world (tiny.prepare) at start-up
 )  # fmt: skip
 # One optimizer step per rollout batch (on-policy) and the cosine decay: measured at the end of docs/tiny.md.
-# --preset tiny-chain: 3-5 operand sums in one of three written-out styles, responses up to 128 tokens (docs/tiny.md);
-# trained in length-sorted micro-batches of <= 4096 tokens: 30-160 token responses padded less than in 128-row ones
+# --preset tiny-chain (docs/tiny.md): multi-step sums written out, responses up to 128, token-budget micro-batches
 CHAIN_PRESET = dict(TINY_PRESET, template=CHAIN_DEFAULT_TEMPLATE, eval_template=CHAIN_DEFAULT_TEMPLATE, templates="chain",
-                    max_new_tokens=128, eval_max_new_tokens=128, eval_context=320, max_steps=200,
-                    micro_batch_tokens=4096)  # fmt: skip
+                    max_new_tokens=128, eval_max_new_tokens=128, eval_context=320, max_steps=200, micro_batch_tokens=4096)  # fmt: skip
 
 # The paper preset (the default; old name 1.5b): one 80 GB GPU. Memory plan (docs/gpu.md; estimates, unmeasured), of
 # 79.1 GiB: rollouts 73 GiB (trainer 17.2 GiB fp32 weights + AdamW, policy engine 0.7 x 79.1 = 55.4 GiB: ~1.8M tokens

@@ -6,7 +6,7 @@ sums, ~20-token answers; the first study, docs/study.md) and --preset tiny-chain
 of three styles, 30-160 tokens; docs/study-chain.md):
 
     .venv/bin/python bench/bench_study.py --seeds 1 2 --out runs/study          # 10 runs + 2 warm starts, ~1 h on 2 cores
-    .venv/bin/python bench/bench_study.py --preset tiny-chain --seeds 1 2 3 4 5 --steps 600 --train-size 128 \
+    .venv/bin/python bench/bench_study.py --preset tiny-chain --seeds 1 2 3 4 5 6 --steps 600 --train-size 128 \
         --eval-every 20 --eval-limit 400 --jobs 2 --out runs/study-chain     # the chain study (resumable, ~10 h)
     .venv/bin/python bench/bench_study.py --seeds 5 --configs grpo --steps 60 --out /tmp/s   # a quick look
 
@@ -31,6 +31,11 @@ draws):
 3. This project's `--aapo-ref cache`: learns like `fresh` at about half the rollouts. Supported if the interval of the
    end difference (cache - fresh) lies within +-EQUIVALENT (3 points) and cache generates at most 60% of fresh's
    samples.
+
+Usable warm starts (added 2026-12-05, when seed 4's chain warm start stopped at its step cap with 0.3% dev accuracy,
+before any run of that seed; it reads the warm start only): a seed whose warm start ends below WARM_FLOOR (half the
+world's sft_target) is reported in the table and left out, with no runs: RL from it would see almost no reward. Pass
+more seeds to reach the count wanted.
 
 Collapse (fixed before the runs): a run collapses at the first evaluation that is more than COLLAPSE_DROP (10) points
 below the best evaluation so far, if no evaluation within the next RECOVER_STEPS (50) steps (or up to the end of the
@@ -78,6 +83,7 @@ CONFIGS = {  # name -> train.py flags (on top of --preset tiny and the study's s
     "aapo-cache": ["--estimator", "aapo", "--aapo-ref", "cache"],
 }
 COLLAPSE_DROP, RECOVER_WITHIN, RECOVER_STEPS = 0.10, 0.05, 50  # the collapse criterion (accuracy fractions, steps)
+WARM_FLOOR = 0.5  # a warm start below this fraction of its world's sft_target leaves its seed out of the study
 TARGET_GAIN = 0.15  # held-out gain over the run's start whose first crossing measures sample efficiency
 WINDOW = 20  # steps averaged for the "first" and "last" values of per-step metrics
 BOOTSTRAP, EQUIVALENT = 10_000, 0.03  # resamples per interval; claim 3's equivalence margin (accuracy fraction)
@@ -338,16 +344,22 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--train-size {args.train_size}: need at least 16 (the prompts of one step)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started, warm = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), {}
+    started, warm, dev = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), {}, {}
     chain = args.preset == "tiny-chain"
     if args.jobs > 1:  # each job gets its share of the cores: more threads than cores slows every job several-fold
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
 
-    def warm_start(seed: int) -> tuple[int, list[str]]:  # the seed's warm start (built once, kept) and its run flags
-        cache = out / f"cache-s{seed}"
+    def warm_start(seed: int) -> tuple[int, list[str] | None]:  # the seed's warm start (built once, kept), run flags
+        cache, settings = out / f"cache-s{seed}", tiny.WORLDS[args.preset]
         warm[seed] = build_warm_start(cache, seed, args.preset)
+        dev[seed] = json.loads((tiny.world_dir(cache, settings, seed) / "done").read_text())["dev_accuracy"]
+        if dev[seed] < WARM_FLOOR * settings["sft_target"]:
+            print(f"seed {seed}: warm start {warm[seed]:.0f} s ended at dev accuracy {dev[seed]:.3f}, below "
+                  f"{WARM_FLOOR * settings['sft_target']:.2f}: left out of the study", flush=True)  # fmt: skip
+            return seed, None
         train = fixed_train_set(cache, args.preset, seed, args.train_size)
-        print(f"seed {seed}: warm start {warm[seed]:.0f} s; fixed training set {train}", flush=True)
+        print(f"seed {seed}: warm start {warm[seed]:.0f} s, dev accuracy {dev[seed]:.3f}; fixed training set {train}",
+              flush=True)
         return seed, ["--train-data", str(train), "--lr-schedule", "constant", "--max-steps", str(args.steps),
                       "--eval-every", str(args.eval_every), "--eval-limit", str(args.eval_limit), "--save-every", "50",
                       *(["--samples-every", "10", "--num-samples", "16"] if chain else []), *args.extra]  # fmt: skip
@@ -363,9 +375,14 @@ def main(argv: list[str] | None = None) -> None:
         futures = {}  # (config, seed) -> its run, queued as soon as the seed's warm start is ready
         for ready in as_completed([pool.submit(warm_start, s) for s in args.seeds]):
             seed, flags = ready.result()
-            futures |= {(c, seed): pool.submit(one, (c, seed, flags)) for c in configs}
-        results = [futures[c, s].result() for s in args.seeds for c in configs]
-    (out / "summary.json").write_text(json.dumps({"runs": results, "warm_start_seconds": warm}, indent=1))
+            if flags is not None:
+                futures |= {(c, seed): pool.submit(one, (c, seed, flags)) for c in configs}
+        results = [futures[c, s].result() for s in args.seeds for c in configs if (c, s) in futures]
+    if not results:
+        raise SystemExit("no seed had a usable warm start: nothing to tabulate (pass other --seeds)")
+    left_out = [s for s in args.seeds if (configs[0], s) not in futures]
+    (out / "summary.json").write_text(json.dumps({"runs": results, "warm_start_seconds": warm,
+                                                  "warm_start_dev_accuracy": dev, "left_out": left_out}, indent=1))
     import torch
 
     epochs = args.steps * 16 / args.train_size
@@ -373,7 +390,9 @@ def main(argv: list[str] | None = None) -> None:
               f"{platform.python_version()}: `{' '.join(['bench/bench_study.py', *(argv or sys.argv[1:])])}`\n\n"
               f"--preset {args.preset}: {args.steps} steps of 16 prompts x 8 samples on a fixed set of {args.train_size} "
               f"problems ({epochs:.0f} epochs), constant lr; held-out: {args.eval_limit} problems every {args.eval_every} "
-              f"steps. Warm starts (s): " + ", ".join(f"seed {s}: {t:.0f}" for s, t in sorted(warm.items())) + "\n\n")  # fmt: skip
+              f"steps. Warm starts (s, dev accuracy): " + ", ".join(f"seed {s}: {t:.0f}, {dev[s]:.2f}" for s, t in sorted(warm.items()))
+              + (f"; left out (warm start below {WARM_FLOOR:.0%} of its target): seeds {', '.join(map(str, left_out))}" if left_out else "")
+              + "\n\n")  # fmt: skip
     claims = "\n".join(f"- {f(results)}" for f in (claim_augmentation, claim_aapo, claim_cache))
     text = header + table(results) + "\n\n" + (style_table(results) + "\n\n" if chain else "") + claims + "\n"
     (out / "table.md").write_text(text)

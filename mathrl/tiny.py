@@ -414,6 +414,10 @@ def prepare(cache_dir: str | Path | None = None, seed: int = 42, settings: dict 
     train_rows, eval_rows, dev_rows = world_problems(settings, seed)
     model = build_model(tokenizer, settings, seed)
     dev_acc = warm_start(model, tokenizer, train_rows, dev_rows, settings, seed, log)
+    if dev_acc < settings["sft_target"]:  # the step cap came first: RL from here sees little or no reward
+        log(f"tiny preset: warning: seed {seed}'s warm start stopped at its cap of {settings['sft_steps']} steps with "
+            f"dev accuracy {dev_acc:.3f}, below its target {settings['sft_target']}; RL from it may see almost no "
+            f"reward (try another --seed)")
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-tiny-"))
     try:
         model.generation_config.do_sample = False

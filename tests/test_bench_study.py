@@ -141,3 +141,35 @@ def test_boxed_share_counts_the_evaluation_templates_samples_only():
     assert rows[0]["style/split"] == 2 / 3  # styles still count every sample
     assert style_window(rows, last=False)["boxed"] == 0.25  # mean over the steps that measured it (10, 20)
     assert style_window(rows, last=True)["boxed"] == 0.0  # steps 20 and 30: only step 20 measured it
+
+
+def test_a_seed_whose_warm_start_ends_below_the_floor_gets_no_runs(tmp_path, monkeypatch):
+    """WARM_FLOOR: seed 2's warm start (dev 0.10 < 0.5 x 0.3) is reported and left out; seed 1's (0.35) gets every
+    configuration's run; with no usable seed at all the study stops with a clear message."""
+    import json
+
+    import bench_study
+    from mathrl import tiny
+
+    devs, ran = {1: 0.35, 2: 0.10}, []
+
+    def fake_build(cache, seed, preset):  # the warm start's done file, as tiny.prepare writes it
+        world = tiny.world_dir(cache, tiny.WORLDS[preset], seed)
+        world.mkdir(parents=True)
+        (world / "done").write_text(json.dumps({"dev_accuracy": devs[seed], "seconds": 1.0}))
+        (world / "train.jsonl").write_text('{"problem": "1+2+3=?", "answer": "6"}\n' * 16)
+        return 1.0
+
+    def fake_run(config, seed, out, cache, preset, flags):
+        ran.append((config, seed))
+        raise RuntimeError("stop after scheduling")  # the table needs real runs; scheduling is what is tested here
+
+    monkeypatch.setattr(bench_study, "build_warm_start", fake_build)
+    monkeypatch.setattr(bench_study, "run", fake_run)
+    with pytest.raises(RuntimeError, match="stop after scheduling"):
+        bench_study.main(["--preset", "tiny-chain", "--seeds", "1", "2", "--configs", "grpo,aapo", "--train-size", "16",
+                          "--out", str(tmp_path / "a")])  # fmt: skip
+    assert sorted(ran) == [("aapo", 1), ("grpo", 1)]
+    devs[3] = 0.0
+    with pytest.raises(SystemExit, match="no seed had a usable warm start"):
+        bench_study.main(["--preset", "tiny-chain", "--seeds", "3", "--out", str(tmp_path / "b")])

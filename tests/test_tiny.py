@@ -85,6 +85,18 @@ def test_warm_start_checks_coarsely_then_finely_and_stops_at_the_target(monkeypa
     assert steps == [25, 50, 55, 60, 65] and acc == 0.55
 
 
+@pytest.mark.parametrize("acc, warns", [(0.01, True), (0.5, False)])
+def test_a_warm_start_that_stops_at_its_cap_below_target_is_reported(tmp_path, monkeypatch, acc, warns):
+    """A seed whose warm start hits sft_steps far below sft_target gives RL almost no reward: prepare says so (chain
+    seed 4 ended at 0.003 after 3,000 steps, silently, and cost an hour)."""
+    settings = dict(tiny.SETTINGS, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    num_key_value_heads=1, n_train=40, n_eval=10, n_dev=5, sft_target=0.5)  # fmt: skip
+    monkeypatch.setattr(tiny, "warm_start", lambda *args, **kwargs: acc)
+    lines = []
+    tiny.prepare(tmp_path, seed=0, settings=settings, log=lines.append)
+    assert any("warning" in line and "below its target 0.5" in line for line in lines) == warns
+
+
 def test_seed_changes_the_cached_world():
     assert tiny.cache_key(tiny.SETTINGS, 1) != tiny.cache_key(tiny.SETTINGS, 2)
     assert tiny.make_problems(100, 20, seed=1) != tiny.make_problems(100, 20, seed=2)

@@ -386,13 +386,14 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     epochs = args.steps * 16 / args.train_size
+    warm_text = ", ".join(f"seed {s}: {t:.0f}, {dev[s]:.2f}" for s, t in sorted(warm.items()))
+    if left_out:
+        warm_text += f"; left out (warm start below {WARM_FLOOR:.0%} of its target): seeds {', '.join(map(str, left_out))}"
     header = (f"{started}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, Python "
               f"{platform.python_version()}: `{' '.join(['bench/bench_study.py', *(argv or sys.argv[1:])])}`\n\n"
               f"--preset {args.preset}: {args.steps} steps of 16 prompts x 8 samples on a fixed set of {args.train_size} "
               f"problems ({epochs:.0f} epochs), constant lr; held-out: {args.eval_limit} problems every {args.eval_every} "
-              f"steps. Warm starts (s, dev accuracy): " + ", ".join(f"seed {s}: {t:.0f}, {dev[s]:.2f}" for s, t in sorted(warm.items()))
-              + (f"; left out (warm start below {WARM_FLOOR:.0%} of its target): seeds {', '.join(map(str, left_out))}" if left_out else "")
-              + "\n\n")  # fmt: skip
+              f"steps. Warm starts (s, dev accuracy): {warm_text}\n\n")  # fmt: skip
     claims = "\n".join(f"- {f(results)}" for f in (claim_augmentation, claim_aapo, claim_cache))
     text = header + table(results) + "\n\n" + (style_table(results) + "\n\n" if chain else "") + claims + "\n"
     (out / "table.md").write_text(text)

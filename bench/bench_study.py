@@ -47,7 +47,10 @@ held-out accuracy first gains TARGET_GAIN (15 points) over its start; full-distr
 truncated share and training accuracy, each as the mean of the first and of the last WINDOW steps; with --aug, the
 per-template entropy of the last WINDOW steps; in the chain world, the share of each solution style among the sampled
 responses that train.py dumps (the first sample of every prompt, every 10 steps) in the first and last WINDOW steps;
-run time (the run's own step and evaluation times, summed over its metrics rows, so it survives a resume). Each seed's
+run time (the run's own step and evaluation times, summed over its metrics rows, so it survives a resume); in the
+chain world, a format check (added after the first runs, outside the verdicts): the warm start and the final checkpoint
+graded boxed-only and as the training reward reads answers, which tells held-out accuracy lost to a missing box from
+accuracy lost to wrong sums. Each seed's
 first --train-size training problems are the fixed training set of every run of that seed.
 
 Writes <out>/<config>-s<seed>/ (train.py run folders), summary.json, table.md (table, claims), curves.png (mean and
@@ -311,7 +314,66 @@ def run(config: str, seed: int, out: Path, cache: Path, preset: str, flags: list
     if preset == "tiny-chain":
         styles = style_rows([json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()])
         summary["styles_first"], summary["styles_last"] = style_window(styles, False), style_window(styles, True)
+        summary["format"] = format_check(folder)
     return {"config": config, "seed": seed, "seconds": float(done.read_text()), **summary}
+
+
+def graded_both_ways(model_dir: str | Path, cfg: dict) -> dict:
+    """The model's greedy held-out responses, generated as train.py's evaluation does (its config `cfg`: the eval
+    template, rows and budgets), graded boxed-only (eval.py's protocol) and as the training reward reads answers (the
+    box, else "the answer is", else the last number); and the share of responses holding a box."""
+    import eval as evaluation
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathrl.data import load_eval_rows
+    from mathrl.engine import TransformersEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
+    limit = len(tokenizer) if len(tokenizer) < model.config.vocab_size else None  # as train.py's vocab_limit
+    rows = load_eval_rows(cfg["eval_data"], cfg["eval_benchmarks"], cfg["eval_data_dir"], cfg["eval_limit"],
+                          cfg["problem_field"], cfg["answer_field"])  # fmt: skip
+    records = evaluation.evaluate(
+        TransformersEngine(model, tokenizer, batch_size=cfg["gen_batch_size"], vocab_limit=limit), tokenizer, rows,
+        template=cfg["eval_template"], context=cfg["eval_context"], max_new_tokens=cfg["eval_max_new_tokens"],
+        temperature=0.0, seed=cfg["seed"], timeout=cfg["reward_timeout"], workers=0,
+    )  # fmt: skip
+    return two_grades(records)
+
+
+def two_grades(records: list[dict]) -> dict:
+    """Shares of eval.py records (response, gold, correct: boxed-only) right boxed-only, right as the training reward
+    reads answers, and holding a box."""
+    from mathrl.grading import grade_batch
+
+    lenient = grade_batch([r["response"] for r in records], [r["gold"] for r in records], workers=0)
+    n = len(records)
+    return {"boxed": sum(r["correct"] for r in records) / n, "any_format": sum(lenient) / n,
+            "has_box": sum("\\boxed{" in r["response"] for r in records) / n}  # fmt: skip
+
+
+def format_check(folder: Path) -> dict:
+    """A diagnostic added after the first chain runs, outside the verdict rules: the warm start and the run's last
+    checkpoint, each graded both ways (graded_both_ways). Its boxed accuracy reproduces the run's first and last
+    evaluations; a gap to the any-format accuracy is held-out accuracy lost to the answer format, not to the
+    arithmetic. Computed once, kept in <folder>/format_check.json."""
+    cached = folder / "format_check.json"
+    if not cached.exists():
+        cfg = json.loads((folder / "config.json").read_text())
+        start, end = graded_both_ways(cfg["model"], cfg), graded_both_ways(folder / f"checkpoint-{cfg['max_steps']}", cfg)
+        cached.write_text(json.dumps({"start": start, "end": end}))
+    return json.loads(cached.read_text())
+
+
+def format_table(results: list[dict]) -> str:
+    """The format check per configuration, mean over seeds (%): held-out accuracy boxed-only and any-format, and the
+    share of responses holding a box, at the warm start and at the end."""
+    lines = ["| configuration | boxed-only start → end (%) | any format start → end (%) | holding a box start → end (%) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for c in [c for c in CONFIGS if _col(results, c, "end")]:
+        mean = lambda when, k: statistics.mean(r["format"][when][k] for r in results if r["config"] == c) * 100  # noqa: E731
+        lines.append(f"| {c} | " + " | ".join(f"{mean('start', k):.1f} → {mean('end', k):.1f}" for k in ("boxed", "any_format", "has_box")) + " |")
+    return "\n".join(lines)
 
 
 def style_table(results: list[dict]) -> str:
@@ -395,7 +457,8 @@ def main(argv: list[str] | None = None) -> None:
               f"problems ({epochs:.0f} epochs), constant lr; held-out: {args.eval_limit} problems every {args.eval_every} "
               f"steps. Warm starts (s, dev accuracy): {warm_text}\n\n")  # fmt: skip
     claims = "\n".join(f"- {f(results)}" for f in (claim_augmentation, claim_aapo, claim_cache))
-    text = header + table(results) + "\n\n" + (style_table(results) + "\n\n" if chain else "") + claims + "\n"
+    chain_tables = style_table(results) + "\n\nHeld-out answers graded two ways (format_check):\n\n" + format_table(results)
+    text = header + table(results) + "\n\n" + (chain_tables + "\n\n" if chain else "") + claims + "\n"
     (out / "table.md").write_text(text)
     print(text)
     names = [f"{r['config']}-s{r['seed']}" for r in results]

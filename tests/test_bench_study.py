@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 from bench_study import (bootstrap, claim_aapo, claim_augmentation, claim_cache, collapse_step, paired, style_rows,  # noqa: E402
-                         style_table, style_window, summarize_study_run, table)  # fmt: skip
+                         style_table, style_window, summarize_study_run, table, two_grades, format_table)  # fmt: skip
 
 
 def test_collapse_needs_a_drop_that_does_not_recover():
@@ -173,3 +173,20 @@ def test_a_seed_whose_warm_start_ends_below_the_floor_gets_no_runs(tmp_path, mon
     devs[3] = 0.0
     with pytest.raises(SystemExit, match="no seed had a usable warm start"):
         bench_study.main(["--preset", "tiny-chain", "--seeds", "3", "--out", str(tmp_path / "b")])
+
+
+def test_two_grades_tell_a_lost_box_from_a_wrong_sum():
+    """format_check's grading: an unboxed right answer counts for the training reward's reading only; a boxed wrong
+    one for neither (the chain long run's collapse was the first kind, docs/study-chain.md)."""
+    import eval as evaluation
+
+    records = [{"response": "12+34=46, 46+50=96. \\boxed{96}", "gold": "96"},  # right, boxed
+               {"response": "12+34=46, 46+50=96, so 96}", "gold": "96"},  # right, no box
+               {"response": "12+34=46, 46+50=97. \\boxed{97}", "gold": "96"},  # wrong, boxed
+               {"response": "12+34=46, 46+50", "gold": "96"}]  # truncated: the last number is 50  # fmt: skip
+    evaluation.grade_records(records, workers=0)
+    assert two_grades(records) == {"boxed": 0.25, "any_format": 0.5, "has_box": 0.5}
+    f = lambda start, end: {"start": dict.fromkeys(("boxed", "any_format", "has_box"), start),  # noqa: E731
+                            "end": dict.fromkeys(("boxed", "any_format", "has_box"), end)}  # fmt: skip
+    results = [dict(_result("grpo", 1, 0.1), format=f(0.4, 0.1)), dict(_result("grpo", 2, 0.2), format=f(0.2, 0.4))]
+    assert format_table(results).splitlines()[2] == "| grpo | 30.0 → 25.0 | 30.0 → 25.0 | 30.0 → 25.0 |"

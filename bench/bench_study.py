@@ -7,13 +7,20 @@ of three styles, 30-160 tokens; docs/study-chain.md):
 
     .venv/bin/python bench/bench_study.py --seeds 1 2 --out runs/study          # 10 runs + 2 warm starts, ~1 h on 2 cores
     .venv/bin/python bench/bench_study.py --preset tiny-chain --seeds 1 2 3 4 5 6 --steps 600 --train-size 128 \
-        --eval-every 20 --eval-limit 400 --jobs 2 --out runs/study-chain     # the chain study (resumable, ~10 h)
+        --eval-every 20 --eval-limit 400 --jobs 2 --out runs/study-chain \
+        --records bench/study-chain/runs                                     # the chain study (resumable, ~12 h)
     .venv/bin/python bench/bench_study.py --seeds 5 --configs grpo --steps 60 --out /tmp/s   # a quick look
 
 It resumes where it stopped: a finished run (its folder holds bench_seconds.txt) is read back, not re-run; an
 interrupted run continues from its newest checkpoint (train.py --resume, every --save-every steps); a seed's warm
-start in <out>/cache-s<seed> is reused (a new --out starts from empty caches). So the same command can be re-run
-across sessions until every run is done, and then writes the table.
+start in <out>/cache-s<seed> is reused (a new --out starts from empty caches). With --records, each finished run and
+warm start also leaves a small record there (the run's summary row and the curves the figures plot; the warm start's
+time and dev accuracy), and a run recorded there is never run again: committed, the records carry the study across
+machines and sessions that keep nothing of --out. A seed whose runs are all recorded needs no warm start; one with runs
+left rebuilds it, and the study stops unless it ends at the recorded dev accuracy (the runs of a seed share their warm
+start). --report-only runs nothing and tabulates what is recorded or finished. A record from other study settings
+(preset, steps, training set size, evaluation schedule, extra flags) is refused. So the same command can be re-run
+across sessions until every run is done; each time it writes the table of the runs finished so far.
 
 The claims, and the rules (fixed before the runs; revised before the chain study: the first study used "more than the
 larger seed std" in place of the paired intervals) that turn the numbers into a verdict. An interval is the 95%
@@ -90,6 +97,8 @@ WARM_FLOOR = 0.5  # a warm start below this fraction of its world's sft_target l
 TARGET_GAIN = 0.15  # held-out gain over the run's start whose first crossing measures sample efficiency
 WINDOW = 20  # steps averaged for the "first" and "last" values of per-step metrics
 BOOTSTRAP, EQUIVALENT = 10_000, 0.03  # resamples per interval; claim 3's equivalence margin (accuracy fraction)
+CURVE_KEYS = ["eval/accuracy", "train/accuracy", "train/entropy", "train/zero_var_groups", "train/response_len",
+              "train/truncated", "train/adv_abs"]  # what the curves figure can plot (a record keeps these)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -301,21 +310,67 @@ def fixed_train_set(cache: Path, preset: str, seed: int, size: int) -> Path:
     return path
 
 
-def run(config: str, seed: int, out: Path, cache: Path, preset: str, flags: list[str]) -> dict:
-    """One configuration's run in its own folder (read back if finished, resumed if interrupted); its summary row."""
+def study_settings(args: argparse.Namespace) -> dict:
+    """What a record shares with the study that wrote it: a record of other settings belongs to another study."""
+    return {"preset": args.preset, "steps": args.steps, "train_size": args.train_size, "eval_every": args.eval_every,
+            "eval_limit": args.eval_limit, "extra": args.extra}  # fmt: skip
+
+
+def curve_rows(rows: list[dict]) -> list[dict]:
+    """The metrics the figures plot (CURVE_KEYS and the per-template entropy and accuracy), 4 significant digits: what
+    a record keeps of a run's metrics.jsonl."""
+    def keep(k: str) -> bool:
+        return k in CURVE_KEYS or (k.startswith("template/") and k.endswith(("/entropy", "/accuracy")))
+
+    kept = [{k: float(f"{v:.4g}") for k, v in r.items() if keep(k) and isinstance(v, (int, float))} for r in rows]
+    return [{"step": r["step"], **k} for r, k in zip(rows, kept) if k]
+
+
+def write_record(path: Path, record: dict) -> None:
+    """Write atomically (a killed study leaves the old record or the new one, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def read_record(path: Path, settings: dict) -> dict:
+    """A record, refused if another study's settings wrote it."""
+    record = json.loads(path.read_text())
+    if record["settings"] != settings:
+        raise SystemExit(f"{path}: written by a study with {record['settings']}, this one runs {settings}: pass "
+                         "another --records folder")  # fmt: skip
+    return record
+
+
+def run(config: str, seed: int, out: Path, cache: Path, preset: str, flags: list[str], records: Path | None = None,
+        settings: dict | None = None, run_missing: bool = True) -> dict | None:
+    """One configuration's run as a record {settings, result (its summary row), curves, styles}: read back from
+    `records` if it is there; else summarised from its finished folder; else run (resumed if interrupted), unless not
+    run_missing (then None). Written to `records` when summarised."""
+    kept = records / f"{config}-s{seed}.json" if records else None
+    if kept and kept.exists():
+        return read_record(kept, settings)
     folder = out / f"{config}-s{seed}"
     done = folder / "bench_seconds.txt"  # written once the run has finished
     if not done.exists():
+        if not run_missing:
+            return None
         seconds = train_run([*CONFIGS[config], *flags], seed, folder, cache, preset, resume=True)
         done.write_text(f"{seconds:.1f}")
     cfg = json.loads((folder / "config.json").read_text())
     rows = load_metrics(folder)
     summary = summarize_study_run(rows, cfg["prompts_per_step"] * cfg["group_size"])
+    styles = []
     if preset == "tiny-chain":
         styles = style_rows([json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()])
         summary["styles_first"], summary["styles_last"] = style_window(styles, False), style_window(styles, True)
         summary["format"] = format_check(folder)
-    return {"config": config, "seed": seed, "seconds": float(done.read_text()), **summary}
+    result = {"config": config, "seed": seed, "seconds": float(done.read_text()), **summary}
+    record = {"settings": settings, "result": result, "curves": curve_rows(rows), "styles": styles}
+    if kept:
+        write_record(kept, record)
+    return record
 
 
 def graded_both_ways(model_dir: str | Path, cfg: dict) -> dict:
@@ -399,26 +454,51 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-limit", type=int, default=600, help="held-out problems per evaluation")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (cores/jobs threads each)")
     parser.add_argument("--out", default="runs/study", help="folder for runs, caches, table and figures (kept: resumes)")
+    parser.add_argument("--records", help="folder (commit it) of one small record per finished run and warm start: "
+                        "the study goes on from it on a machine that has none of --out")  # fmt: skip
+    parser.add_argument("--report-only", action="store_true", help="run nothing: tabulate what --records and the "
+                        "finished runs in --out hold")  # fmt: skip
     parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
     args = parser.parse_args(argv)
     configs = parse_configs(args.configs, CONFIGS)
     if args.train_size < 16:
         raise SystemExit(f"--train-size {args.train_size}: need at least 16 (the prompts of one step)")
-    out = Path(args.out)
+    out, records, settings = Path(args.out), Path(args.records) if args.records else None, study_settings(args)
     out.mkdir(parents=True, exist_ok=True)
-    started, warm, dev = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), {}, {}
+    started, warm, dev, left_out = time.strftime("started %Y-%m-%d %H:%M UTC", time.gmtime()), {}, {}, {}
     chain = args.preset == "tiny-chain"
     if args.jobs > 1:  # each job gets its share of the cores: more threads than cores slows every job several-fold
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
 
     def warm_start(seed: int) -> tuple[int, list[str] | None]:  # the seed's warm start (built once, kept), run flags
-        cache, settings = out / f"cache-s{seed}", tiny.WORLDS[args.preset]
-        warm[seed] = build_warm_start(cache, seed, args.preset)
-        dev[seed] = json.loads((tiny.world_dir(cache, settings, seed) / "done").read_text())["dev_accuracy"]
-        if dev[seed] < WARM_FLOOR * settings["sft_target"]:
-            print(f"seed {seed}: warm start {warm[seed]:.0f} s ended at dev accuracy {dev[seed]:.3f}, below "
-                  f"{WARM_FLOOR * settings['sft_target']:.2f}: left out of the study", flush=True)  # fmt: skip
+        cache, settings_ = out / f"cache-s{seed}", tiny.WORLDS[args.preset]
+        kept = records / f"warm-s{seed}.json" if records else None
+        known = read_record(kept, settings) if kept and kept.exists() else None
+        recorded = records and all((records / f"{c}-s{seed}.json").exists() for c in configs)
+        needed = not (args.report_only or (known and recorded))  # a run of this seed is left to run
+        if needed:
+            build_warm_start(cache, seed, args.preset)
+        done = tiny.world_dir(cache, settings_, seed) / "done"
+        if done.exists():
+            built = json.loads(done.read_text())
+            if known and built["dev_accuracy"] != known["dev_accuracy"]:
+                raise SystemExit(f"seed {seed}: its warm start ended at dev accuracy {built['dev_accuracy']} here "
+                                 f"and {known['dev_accuracy']} in {kept}: it did not reproduce, and the runs of a seed "
+                                 "must share one; delete that seed's records to run it anew")  # fmt: skip
+            known = known or {"settings": settings, "seconds": built["seconds"], "dev_accuracy": built["dev_accuracy"]}
+            if kept and not kept.exists():
+                write_record(kept, known)
+        if known is None:  # --report-only, and this seed's warm start was never built here nor recorded
+            left_out[seed] = "not started"
             return seed, None
+        warm[seed], dev[seed] = known["seconds"], known["dev_accuracy"]
+        if dev[seed] < WARM_FLOOR * settings_["sft_target"]:
+            left_out[seed] = f"warm start below {WARM_FLOOR:.0%} of its target"
+            print(f"seed {seed}: warm start {warm[seed]:.0f} s ended at dev accuracy {dev[seed]:.3f}, below "
+                  f"{WARM_FLOOR * settings_['sft_target']:.2f}: left out of the study", flush=True)  # fmt: skip
+            return seed, None
+        if not needed:
+            return seed, []  # every run is recorded (or --report-only): no flags needed
         train = fixed_train_set(cache, args.preset, seed, args.train_size)
         print(f"seed {seed}: warm start {warm[seed]:.0f} s, dev accuracy {dev[seed]:.3f}; fixed training set {train}",
               flush=True)
@@ -426,12 +506,15 @@ def main(argv: list[str] | None = None) -> None:
                       "--eval-every", str(args.eval_every), "--eval-limit", str(args.eval_limit), "--save-every", "50",
                       *(["--samples-every", "10", "--num-samples", "16"] if chain else []), *args.extra]  # fmt: skip
 
-    def one(job: tuple[str, int, list[str]]) -> dict:
+    def one(job: tuple[str, int, list[str]]) -> dict | None:
         config, seed, flags = job
-        r = run(config, seed, out, out / f"cache-s{seed}", args.preset, flags)
-        print(f"{config}-s{seed}: start {r['start']:.3f} best {r['best']:.3f} end {r['end']:.3f} collapse "
-              f"{r['collapse']} | {r['run_seconds']:.0f} s of steps and evaluations", flush=True)  # fmt: skip
-        return r
+        record = run(config, seed, out, out / f"cache-s{seed}", args.preset, flags, records, settings,
+                     run_missing=not args.report_only)  # fmt: skip
+        if record is not None:
+            r = record["result"]
+            print(f"{config}-s{seed}: start {r['start']:.3f} best {r['best']:.3f} end {r['end']:.3f} collapse "
+                  f"{r['collapse']} | {r['run_seconds']:.0f} s of steps and evaluations", flush=True)  # fmt: skip
+        return record
 
     with ThreadPoolExecutor(args.jobs) as pool:  # warm starts and runs are subprocesses: --jobs of them at a time
         futures = {}  # (config, seed) -> its run, queued as soon as the seed's warm start is ready
@@ -439,38 +522,40 @@ def main(argv: list[str] | None = None) -> None:
             seed, flags = ready.result()
             if flags is not None:
                 futures |= {(c, seed): pool.submit(one, (c, seed, flags)) for c in configs}
-        results = [futures[c, s].result() for s in args.seeds for c in configs if (c, s) in futures]
+        done_runs = {f"{c}-s{s}": futures[c, s].result() for s in args.seeds for c in configs if (c, s) in futures}
+    done_runs = {name: record for name, record in done_runs.items() if record is not None}
+    results = [record["result"] for record in done_runs.values()]
     if not results:
-        raise SystemExit("no seed had a usable warm start: nothing to tabulate (pass other --seeds)")
-    left_out = [s for s in args.seeds if (configs[0], s) not in futures]
+        raise SystemExit("no run to tabulate: no seed had a usable warm start, or (--report-only) none has finished")
     (out / "summary.json").write_text(json.dumps({"runs": results, "warm_start_seconds": warm,
                                                   "warm_start_dev_accuracy": dev, "left_out": left_out}, indent=1))
     import torch
 
     epochs = args.steps * 16 / args.train_size
     warm_text = ", ".join(f"seed {s}: {t:.0f}, {dev[s]:.2f}" for s, t in sorted(warm.items()))
-    if left_out:
-        warm_text += f"; left out (warm start below {WARM_FLOOR:.0%} of its target): seeds {', '.join(map(str, left_out))}"
+    warm_text += "".join(f"; seed {s} left out ({why})" for s, why in sorted(left_out.items()))
+    if len(results) < len(args.seeds) * len(configs):
+        warm_text += f". {len(results)} of {len(args.seeds) * len(configs)} runs finished so far"
     header = (f"{started}, {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, Python "
               f"{platform.python_version()}: `{' '.join(['bench/bench_study.py', *(argv or sys.argv[1:])])}`\n\n"
               f"--preset {args.preset}: {args.steps} steps of 16 prompts x 8 samples on a fixed set of {args.train_size} "
               f"problems ({epochs:.0f} epochs), constant lr; held-out: {args.eval_limit} problems every {args.eval_every} "
               f"steps. Warm starts (s, dev accuracy): {warm_text}\n\n")  # fmt: skip
     claims = "\n".join(f"- {f(results)}" for f in (claim_augmentation, claim_aapo, claim_cache))
-    chain_tables = style_table(results) + "\n\nHeld-out answers graded two ways (format_check):\n\n" + format_table(results)
-    text = header + table(results) + "\n\n" + (chain_tables + "\n\n" if chain else "") + claims + "\n"
+    text = header + table(results) + "\n\n"
+    if chain:  # the style shares and the format check exist in the chain world only
+        text += f"{style_table(results)}\n\nHeld-out answers graded two ways (format_check):\n\n{format_table(results)}\n\n"
+    text += claims + "\n"
     (out / "table.md").write_text(text)
     print(text)
-    names = [f"{r['config']}-s{r['seed']}" for r in results]
-    runs = {n: load_metrics(out / n) for n in names}
-    keys = ["eval/accuracy", "train/accuracy", "train/entropy", "train/zero_var_groups", "train/response_len",
-            "train/truncated" if chain else "train/adv_abs"]  # fmt: skip
+    runs = {name: record["curves"] for name, record in done_runs.items()}
+    keys = CURVE_KEYS[:5] + ["train/truncated" if chain else "train/adv_abs"]
     print(f"wrote {plot_bands(runs, keys, out / 'curves.png', smooth_k=10)}")
     aug = {n: rows for n, rows in runs.items() if "-aug-" in n}
     if aug:
         print(f"wrote {plot(aug, ['template/*/entropy', 'template/*/accuracy'], out / 'template_entropy.png', 10)}")
     if chain:
-        styles = {n: style_rows([json.loads(x) for x in (out / n / "samples.jsonl").read_text().splitlines()]) for n in names}
+        styles = {name: record["styles"] for name, record in done_runs.items()}
         keys = [f"style/{s}" for s in (*tiny.STYLES, "other")] + ["answer/boxed"]
         print(f"wrote {plot_bands(styles, keys, out / 'styles.png', smooth_k=3)}")
 

@@ -8,8 +8,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from bench_study import (bootstrap, claim_aapo, claim_augmentation, claim_cache, collapse_step, paired, style_rows,  # noqa: E402
-                         style_table, style_window, summarize_study_run, table, two_grades, format_table)  # fmt: skip
+from bench_study import (bootstrap, claim_aapo, claim_augmentation, claim_cache, collapse_step, curve_rows,  # noqa: E402
+                         format_table, paired, style_rows, style_table, style_window, summarize_study_run, table,
+                         two_grades)  # fmt: skip
 
 
 def test_collapse_needs_a_drop_that_does_not_recover():
@@ -160,7 +161,7 @@ def test_a_seed_whose_warm_start_ends_below_the_floor_gets_no_runs(tmp_path, mon
         (world / "train.jsonl").write_text('{"problem": "1+2+3=?", "answer": "6"}\n' * 16)
         return 1.0
 
-    def fake_run(config, seed, out, cache, preset, flags):
+    def fake_run(config, seed, out, cache, preset, flags, *args, **kwargs):
         ran.append((config, seed))
         raise RuntimeError("stop after scheduling")  # the table needs real runs; scheduling is what is tested here
 
@@ -171,7 +172,7 @@ def test_a_seed_whose_warm_start_ends_below_the_floor_gets_no_runs(tmp_path, mon
                           "--out", str(tmp_path / "a")])  # fmt: skip
     assert sorted(ran) == [("aapo", 1), ("grpo", 1)]
     devs[3] = 0.0
-    with pytest.raises(SystemExit, match="no seed had a usable warm start"):
+    with pytest.raises(SystemExit, match="no run to tabulate"):
         bench_study.main(["--preset", "tiny-chain", "--seeds", "3", "--out", str(tmp_path / "b")])
 
 
@@ -190,3 +191,86 @@ def test_two_grades_tell_a_lost_box_from_a_wrong_sum():
                             "end": dict.fromkeys(("boxed", "any_format", "has_box"), end)}  # fmt: skip
     results = [dict(_result("grpo", 1, 0.1), format=f(0.4, 0.1)), dict(_result("grpo", 2, 0.2), format=f(0.2, 0.4))]
     assert format_table(results).splitlines()[2] == "| grpo | 30.0 → 25.0 | 30.0 → 25.0 | 30.0 → 25.0 |"
+
+
+def _finished_run(folder: Path, acc: list[float]) -> None:
+    """A finished tiny-preset run folder as train.py and bench_study.run leave it."""
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"prompts_per_step": 16, "group_size": 8}))
+    rows = [{**r, "train/truncated": 0.0} if "train/reward" in r else r for r in _rows(acc)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "bench_seconds.txt").write_text("12.5")
+
+
+def test_curve_rows_keep_what_the_figures_plot_rounded():
+    rows = [{"step": 1, "train/entropy": 0.123456789, "train/reward": 1.0, "template/a/entropy": 2.0 / 3,
+             "template/a/count": 4, "time/step": 1.5}, {"step": 2, "train/reward": 0.5}]  # fmt: skip
+    assert curve_rows(rows) == [{"step": 1, "train/entropy": 0.1235, "template/a/entropy": 0.6667}]
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("train.py would run: a finished or recorded run must be read back")
+
+
+def test_a_finished_run_is_recorded_and_read_back_without_its_folder(tmp_path, monkeypatch):
+    """--records: a finished run's record (result row, curves) is written beside the study and is all a later session
+    needs; a record of other settings is refused; a run neither recorded nor finished is left alone when not
+    run_missing (--report-only)."""
+    import shutil
+
+    import bench_study
+
+    out, records, settings = tmp_path / "out", tmp_path / "records", {"steps": 40, "extra": []}
+    monkeypatch.setattr(bench_study, "train_run", _no_training)
+    _finished_run(out / "grpo-s1", [0.5, 0.6, 0.7, 0.8, 0.75])
+    record = bench_study.run("grpo", 1, out, tmp_path / "cache", "tiny", [], records, settings)
+    assert record["result"]["end"] == pytest.approx(0.75) and record["result"]["seconds"] == 12.5
+    assert [r["eval/accuracy"] for r in record["curves"] if "eval/accuracy" in r] == [0.5, 0.6, 0.7, 0.8, 0.75]
+    assert (records / "grpo-s1.json").exists() and not list(records.glob("*.tmp"))
+    shutil.rmtree(out)  # a new session: no run folders, no caches
+    again = bench_study.run("grpo", 1, out, tmp_path / "cache", "tiny", [], records, settings, run_missing=False)
+    assert again["result"] == record["result"] and again["curves"] == record["curves"]
+    with pytest.raises(SystemExit, match="another --records folder"):
+        bench_study.run("grpo", 1, out, tmp_path / "cache", "tiny", [], records, {"steps": 600, "extra": []})
+    assert bench_study.run("aapo", 1, out, tmp_path / "cache", "tiny", [], records, settings, run_missing=False) is None
+
+
+def test_a_recorded_study_needs_no_warm_start_and_a_rebuilt_one_must_match(tmp_path, monkeypatch):
+    """A seed whose warm start and runs are all recorded is tabulated without building anything; a warm start rebuilt
+    for a seed with runs left must end where the recorded one did (the runs of a seed share one), else a clear stop."""
+    import json
+
+    import bench_study
+    from mathrl import tiny
+
+    out, records = tmp_path / "out", tmp_path / "records"
+    for config, acc in [("grpo", [0.5, 0.6, 0.7, 0.8, 0.75]), ("aapo", [0.5, 0.7, 0.8, 0.85, 0.85])]:
+        _finished_run(out / f"{config}-s1", acc)
+    argv = ["--seeds", "1", "--configs", "grpo,aapo", "--steps", "40", "--train-size", "16", "--out", str(out),
+            "--records", str(records)]  # fmt: skip
+    built = []
+
+    def fake_build(cache, seed, preset):  # the warm start's done file, as tiny.prepare writes it
+        built.append(seed)
+        world = tiny.world_dir(cache, tiny.WORLDS[preset], seed)
+        world.mkdir(parents=True, exist_ok=True)
+        (world / "done").write_text(json.dumps({"dev_accuracy": 0.5 + 0.1 * (len(built) > 1), "seconds": 3.0}))
+        (world / "train.jsonl").write_text('{"problem": "1+2=?", "answer": "3"}\n' * 16)
+        return 3.0
+
+    monkeypatch.setattr(bench_study, "build_warm_start", fake_build)
+    monkeypatch.setattr(bench_study, "train_run", _no_training)
+    bench_study.main(argv)  # builds seed 1's warm start once, records it and both finished runs
+    assert built == [1] and json.loads((records / "warm-s1.json").read_text())["dev_accuracy"] == 0.5
+    first = (out / "table.md").read_text()
+    assert "| grpo | 1 |" in first and "| aapo | 1 |" in first
+    for path in out.iterdir():  # a new session: only the records are left
+        path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+    bench_study.main(argv)
+    assert built == [1]  # nothing rebuilt
+    assert (out / "table.md").read_text().split("\n", 1)[1] == first.split("\n", 1)[1]  # the same table (new date)
+    (records / "aapo-s1.json").unlink()  # a run left: the warm start is rebuilt and, here, ends elsewhere (0.6)
+    with pytest.raises(SystemExit, match="did not reproduce"):
+        bench_study.main(argv)

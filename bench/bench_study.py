@@ -14,11 +14,12 @@ of three styles, 30-160 tokens; docs/study-chain.md):
 It resumes where it stopped: a finished run (its folder holds bench_seconds.txt) is read back, not re-run; an
 interrupted run continues from its newest checkpoint (train.py --resume, every --save-every steps); a seed's warm
 start in <out>/cache-s<seed> is reused (a new --out starts from empty caches). With --records, each finished run and
-warm start also leaves a small record there (the run's summary row and the curves the figures plot; the warm start's
-time and dev accuracy), and a run recorded there is never run again: committed, the records carry the study across
-machines and sessions that keep nothing of --out. A seed whose runs are all recorded needs no warm start; one with runs
-left rebuilds it, and the study stops unless it ends at the recorded dev accuracy (the runs of a seed share their warm
-start). --report-only runs nothing and tabulates what is recorded or finished. A record from other study settings
+warm start also leaves a record there (the run's summary row and the curves the figures plot; the warm start's time
+and dev accuracy, and its folder as warm-s<seed>.tar.gz, 3 MB in the chain world), and a run recorded there is never
+run again: committed, the records carry the study across machines and sessions that keep nothing of --out. A seed
+whose runs are all recorded needs no warm start; one with runs left unpacks its kept warm start (the runs of a seed
+share one, and a rebuild need not reproduce it), and a warm start rebuilt for want of one must end at the recorded dev
+accuracy or the study stops. --report-only runs nothing and tabulates what is recorded or finished. A record from other study settings
 (preset, steps, training set size, evaluation schedule, extra flags) is refused. So the same command can be re-run
 across sessions until every run is done; each time it writes the table of the runs finished so far.
 
@@ -71,6 +72,7 @@ import os
 import platform
 import statistics
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -343,6 +345,27 @@ def read_record(path: Path, settings: dict) -> dict:
     return record
 
 
+def keep_warm_start(world: Path, archive: Path) -> None:
+    """The seed's warm-start folder (model, data, done file) as a .tar.gz record, written atomically, so that the seed's
+    runs left for a later session start from this very model: a rebuild need not end at the same weights (seeds 3 and
+    5 of the chain world ended at dev 0.65 and 0.30 when rebuilt on 2026-12-06, 0.51 and 0.33 the day before)."""
+    tmp = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(world, arcname=world.name)
+    os.replace(tmp, archive)
+
+
+def restore_warm_start(archive: Path, world: Path) -> None:
+    """Unpack a kept warm start where tiny.prepare finds it built; refused if tiny.py now builds another world."""
+    with tarfile.open(archive) as tar:
+        tops = sorted({m.name.split("/")[0] for m in tar.getmembers()})
+        if tops != [world.name]:
+            raise SystemExit(f"{archive}: holds {tops}, but this world's warm start is {world.name} (tiny.py changed "
+                             "since): delete the seed's records to run it anew")  # fmt: skip
+        world.parent.mkdir(parents=True, exist_ok=True)
+        tar.extractall(world.parent, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+
+
 def run(config: str, seed: int, out: Path, cache: Path, preset: str, flags: list[str], records: Path | None = None,
         settings: dict | None = None, run_missing: bool = True) -> dict | None:
     """One configuration's run as a record {settings, result (its summary row), curves, styles}: read back from
@@ -476,9 +499,13 @@ def main(argv: list[str] | None = None) -> None:
         known = read_record(kept, settings) if kept and kept.exists() else None
         recorded = records and all((records / f"{c}-s{seed}.json").exists() for c in configs)
         needed = not (args.report_only or (known and recorded))  # a run of this seed is left to run
+        world = tiny.world_dir(cache, settings_, seed)
+        archive = records / f"warm-s{seed}.tar.gz" if records else None
         if needed:
-            build_warm_start(cache, seed, args.preset)
-        done = tiny.world_dir(cache, settings_, seed) / "done"
+            if archive and archive.exists() and not (world / "done").exists():
+                restore_warm_start(archive, world)
+            build_warm_start(cache, seed, args.preset)  # instant when built before or restored
+        done = world / "done"
         if done.exists():
             built = json.loads(done.read_text())
             if known and built["dev_accuracy"] != known["dev_accuracy"]:
@@ -488,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
             known = known or {"settings": settings, "seconds": built["seconds"], "dev_accuracy": built["dev_accuracy"]}
             if kept and not kept.exists():
                 write_record(kept, known)
+            if archive and not archive.exists():
+                keep_warm_start(world, archive)
         if known is None:  # --report-only, and this seed's warm start was never built here nor recorded
             left_out[seed] = "not started"
             return seed, None

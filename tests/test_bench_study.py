@@ -237,10 +237,12 @@ def test_a_finished_run_is_recorded_and_read_back_without_its_folder(tmp_path, m
     assert bench_study.run("aapo", 1, out, tmp_path / "cache", "tiny", [], records, settings, run_missing=False) is None
 
 
-def test_a_recorded_study_needs_no_warm_start_and_a_rebuilt_one_must_match(tmp_path, monkeypatch):
-    """A seed whose warm start and runs are all recorded is tabulated without building anything; a warm start rebuilt
-    for a seed with runs left must end where the recorded one did (the runs of a seed share one), else a clear stop."""
+def test_a_recorded_study_needs_no_warm_start_and_resumes_from_the_kept_one(tmp_path, monkeypatch):
+    """A seed whose warm start and runs are all recorded is tabulated without building anything; a run left of a seed
+    starts from the kept warm start (unpacked, not rebuilt); a warm start rebuilt for want of a kept one must end where
+    the recorded one did (the runs of a seed share one), else a clear stop."""
     import json
+    import shutil
 
     import bench_study
     from mathrl import tiny
@@ -250,27 +252,44 @@ def test_a_recorded_study_needs_no_warm_start_and_a_rebuilt_one_must_match(tmp_p
         _finished_run(out / f"{config}-s1", acc)
     argv = ["--seeds", "1", "--configs", "grpo,aapo", "--steps", "40", "--train-size", "16", "--out", str(out),
             "--records", str(records)]  # fmt: skip
-    built = []
+    built, trained = [], []
 
-    def fake_build(cache, seed, preset):  # the warm start's done file, as tiny.prepare writes it
-        built.append(seed)
+    def fake_build(cache, seed, preset):  # tiny.prepare: reuses a built world, else builds one (dev 0.5, then 0.6)
         world = tiny.world_dir(cache, tiny.WORLDS[preset], seed)
-        world.mkdir(parents=True, exist_ok=True)
-        (world / "done").write_text(json.dumps({"dev_accuracy": 0.5 + 0.1 * (len(built) > 1), "seconds": 3.0}))
-        (world / "train.jsonl").write_text('{"problem": "1+2=?", "answer": "3"}\n' * 16)
+        if not (world / "done").exists():
+            built.append(seed)
+            world.mkdir(parents=True, exist_ok=True)
+            (world / "done").write_text(json.dumps({"dev_accuracy": 0.5 + 0.1 * (len(built) > 1), "seconds": 3.0}))
+            (world / "train.jsonl").write_text('{"problem": "1+2=?", "answer": "3"}\n' * 16)
         return 3.0
+
+    def fake_train(flags, seed, folder, cache, preset, resume):  # train.py: the run from the seed's warm start
+        trained.append((folder.name, json.loads((tiny.world_dir(cache, tiny.WORLDS[preset], seed) / "done").read_text())))
+        _finished_run(folder, [0.5, 0.7, 0.8, 0.85, 0.85])
+        return 1.0
+
+    def new_session():  # nothing of --out is left, only the records
+        shutil.rmtree(out)
 
     monkeypatch.setattr(bench_study, "build_warm_start", fake_build)
     monkeypatch.setattr(bench_study, "train_run", _no_training)
     bench_study.main(argv)  # builds seed 1's warm start once, records it and both finished runs
     assert built == [1] and json.loads((records / "warm-s1.json").read_text())["dev_accuracy"] == 0.5
+    assert (records / "warm-s1.tar.gz").exists()
     first = (out / "table.md").read_text()
     assert "| grpo | 1 |" in first and "| aapo | 1 |" in first
-    for path in out.iterdir():  # a new session: only the records are left
-        path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+    new_session()
     bench_study.main(argv)
     assert built == [1]  # nothing rebuilt
     assert (out / "table.md").read_text().split("\n", 1)[1] == first.split("\n", 1)[1]  # the same table (new date)
-    (records / "aapo-s1.json").unlink()  # a run left: the warm start is rebuilt and, here, ends elsewhere (0.6)
+    new_session()
+    (records / "aapo-s1.json").unlink()  # a run left: it starts from the kept warm start, unpacked
+    monkeypatch.setattr(bench_study, "train_run", fake_train)
+    bench_study.main(argv)
+    assert built == [1] and trained == [("aapo-s1", {"dev_accuracy": 0.5, "seconds": 3.0})]
+    new_session()
+    (records / "aapo-s1.json").unlink()
+    (records / "warm-s1.tar.gz").unlink()  # no kept warm start: rebuilt, and here it ends elsewhere (0.6)
     with pytest.raises(SystemExit, match="did not reproduce"):
         bench_study.main(argv)
+    assert built == [1, 1]

@@ -8,7 +8,7 @@ of three styles, 30-160 tokens; docs/study-chain.md):
     .venv/bin/python bench/bench_study.py --seeds 1 2 --out runs/study          # 10 runs + 2 warm starts, ~1 h on 2 cores
     .venv/bin/python bench/bench_study.py --preset tiny-chain --seeds 1 2 3 4 5 6 --steps 600 --train-size 128 \
         --eval-every 20 --eval-limit 400 --jobs 2 --out runs/study-chain \
-        --records bench/study-chain/runs                                     # the chain study (resumable, ~12 h)
+        --records bench/study-chain/records                                  # the chain study (resumable, ~12 h)
     .venv/bin/python bench/bench_study.py --seeds 5 --configs grpo --steps 60 --out /tmp/s   # a quick look
 
 It resumes where it stopped: a finished run (its folder holds bench_seconds.txt) is read back, not re-run; an

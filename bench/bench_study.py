@@ -494,12 +494,12 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
 
     def warm_start(seed: int) -> tuple[int, list[str] | None]:  # the seed's warm start (built once, kept), run flags
-        cache, settings_ = out / f"cache-s{seed}", tiny.WORLDS[args.preset]
+        cache, world_settings = out / f"cache-s{seed}", tiny.WORLDS[args.preset]
         kept = records / f"warm-s{seed}.json" if records else None
         known = read_record(kept, settings) if kept and kept.exists() else None
         recorded = records and all((records / f"{c}-s{seed}.json").exists() for c in configs)
         needed = not (args.report_only or (known and recorded))  # a run of this seed is left to run
-        world = tiny.world_dir(cache, settings_, seed)
+        world = tiny.world_dir(cache, world_settings, seed)
         archive = records / f"warm-s{seed}.tar.gz" if records else None
         if needed:
             if archive and archive.exists() and not (world / "done").exists():
@@ -521,10 +521,10 @@ def main(argv: list[str] | None = None) -> None:
             left_out[seed] = "not started"
             return seed, None
         warm[seed], dev[seed] = known["seconds"], known["dev_accuracy"]
-        if dev[seed] < WARM_FLOOR * settings_["sft_target"]:
+        if dev[seed] < WARM_FLOOR * world_settings["sft_target"]:
             left_out[seed] = f"warm start below {WARM_FLOOR:.0%} of its target"
             print(f"seed {seed}: warm start {warm[seed]:.0f} s ended at dev accuracy {dev[seed]:.3f}, below "
-                  f"{WARM_FLOOR * settings_['sft_target']:.2f}: left out of the study", flush=True)  # fmt: skip
+                  f"{WARM_FLOOR * world_settings['sft_target']:.2f}: left out of the study", flush=True)  # fmt: skip
             return seed, None
         if not needed:
             return seed, []  # every run is recorded (or --report-only): no flags needed
